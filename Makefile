@@ -1,0 +1,43 @@
+# The two commands: `make run` starts the whole system, `make test` runs every test. Both set themselves up.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help run test test-fast bench bench-smoke lint typecheck jars clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+jars: $(STAMP)  ## fetch Apache Kafka's jars with Maven into ~/.cache (once)
+	@$(PY) -m kafka_local --fetch-only >/dev/null
+
+run: $(STAMP) jars  ## run the whole system: local broker, API :8000, consumers, sink :8001 (Ctrl-C stops)
+	$(PY) -m launcher
+
+test: $(STAMP) jars  ## run the whole test suite against a real broker, model and photos
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## unit tests only (no broker, no model)
+	$(PY) -m pytest -m "not slow" tests/pipeline_core $(PYTEST_ARGS)
+
+bench: $(STAMP) jars  ## measure the pipeline against the model's own ceiling; writes docs/benchmarks/
+	$(PY) -m benchmarks.pipeline_bench
+
+lint: $(STAMP)  ## ruff
+	$(PY) -m ruff check .
+
+typecheck: $(STAMP)  ## mypy --strict
+	$(PY) -m mypy pipeline_core kafka_local
+
+clean:  ## remove the virtual environment and caches (the Kafka jars stay in ~/.cache)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,84 @@
+"""The classifier the consumer holds: bytes in, top-k labels out, one model call per batch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from inference_consumer.model.labels import Labels
+from inference_consumer.model.preprocessing import ImageSpec, preprocess
+from inference_consumer.model.runtime import ModelRuntime
+from pipeline_core.errors import ImageDecodeError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredLabel:
+    """One class and its probability."""
+
+    label: str
+    wnid: str | None
+    index: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The top-k classes for one image, best first."""
+
+    top: tuple[ScoredLabel, ...]
+
+
+class ImageClassifier:
+    """A loaded model with its labels and preprocessing."""
+
+    def __init__(self, *, model_name: str, model_version: str, runtime: ModelRuntime, labels: Labels,
+                 spec: ImageSpec) -> None:
+        if len(labels) != runtime.num_classes:
+            raise ModelLoadError(f"model {model_name} has {runtime.num_classes} outputs "
+                                 f"but the labels list {len(labels)} classes")
+        self.model_name = model_name
+        self.model_version = model_version
+        self.runtime = runtime.name
+        self.labels = labels
+        self.spec = spec
+        self._runtime = runtime
+
+    def __repr__(self) -> str:
+        return f"ImageClassifier({self.model_name!r}, version={self.model_version!r}, runtime={self.runtime!r})"
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """One encoded image to a height x width x 3 float32 array ready for the model."""
+        return preprocess(data, self.spec)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """N preprocessed images to N x classes probabilities."""
+        return self._runtime.predict(batch)
+
+    def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Classification | ImageDecodeError]:
+        """Top-k labels per image; an undecodable image gets its ImageDecodeError in its slot."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        results: list[Classification | ImageDecodeError | None] = [None] * len(images)
+        arrays: list[np.ndarray] = []
+        slots: list[int] = []
+        for slot, data in enumerate(images):
+            try:
+                arrays.append(self.preprocess(data))
+                slots.append(slot)
+            except ImageDecodeError as e:
+                results[slot] = e
+        if arrays:
+            for slot, classification in zip(slots, self._top(self.predict(np.stack(arrays)), top_k), strict=True):
+                results[slot] = classification
+        return [r for r in results if r is not None]  # every slot is filled by now
+
+    def _top(self, scores: np.ndarray, top_k: int) -> list[Classification]:
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        names, wnids = self.labels.names, self.labels.wnids
+        return [Classification(tuple(ScoredLabel(names[i], wnids[i], int(i), float(row[i])) for i in indices))
+                for row, indices in zip(scores, order, strict=True)]

@@ -1,0 +1,160 @@
+"""Image bytes to a model-ready float32 array: decode, orient, flatten to RGB, crop, resize, scale."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+from PIL import (  # the plugins behind _FORMATS, registered explicitly as Image.open(formats=...) needs
+    BmpImagePlugin,  # noqa: F401
+    GifImagePlugin,  # noqa: F401
+    Image,
+    ImageOps,
+    JpegImagePlugin,  # noqa: F401
+    PngImagePlugin,  # noqa: F401
+    TiffImagePlugin,  # noqa: F401
+    UnidentifiedImageError,
+    WebPImagePlugin,  # noqa: F401
+)
+
+from pipeline_core.errors import ImageDecodeError
+
+Scaling = Literal["efficientnet-lite", "raw", "unit", "caffe"]
+SCALINGS: tuple[str, ...] = get_args(Scaling)
+# Formats a producer may plausibly send; limiting them keeps Pillow's rarer decoders off untrusted bytes.
+# (Multi-picture JPEGs from cameras open through the JPEG plugin and report format "MPO".)
+_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+_ORIENTATION_TAG = 0x0112
+_WHITE = (255, 255, 255)
+_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    """What a model wants: input size, centre-crop fraction of the short side (None: plain resize), scaling."""
+
+    width: int
+    height: int
+    scaling: Scaling
+    crop_fraction: float | None = None
+
+
+EFFICIENTNET_LITE0_SPEC = ImageSpec(224, 224, "efficientnet-lite", crop_fraction=0.875)
+RESNET50_SPEC = ImageSpec(224, 224, "caffe")
+
+
+def preprocess(data: bytes, spec: ImageSpec, *, draft: bool = True) -> np.ndarray:
+    """Decode one image and return a (height, width, 3) float32 array ready for the model."""
+    with _open(data) as image:
+        if draft:
+            _draft(image, spec)
+        try:
+            image = _oriented(image)
+            rgb = _to_rgb(image)
+            resized = _crop_resize(rgb, spec)
+        except Image.DecompressionBombError as e:
+            raise ImageDecodeError(f"image too large to decode safely ({e})") from e
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise ImageDecodeError(f"corrupt or truncated image data ({e})") from e
+    return scale(np.asarray(resized, dtype=np.float32), spec.scaling)
+
+
+def scale(pixels: np.ndarray, scaling: Scaling) -> np.ndarray:
+    """Map float32 RGB pixels in 0..255 to the range the model was trained on (in place where possible)."""
+    if scaling == "efficientnet-lite":
+        pixels -= 127.0
+        pixels /= 128.0
+    elif scaling == "unit":
+        pixels /= 255.0
+    elif scaling == "caffe":
+        # keras.applications.resnet50.preprocess_input: RGB to BGR, then subtract the ImageNet BGR mean.
+        pixels = pixels[..., ::-1] - _CAFFE_BGR_MEAN
+    return pixels
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise ImageDecodeError("empty image data")
+    try:
+        image = Image.open(io.BytesIO(data), formats=_FORMATS)
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError("not a recognised image format") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"image too large to decode safely ({e})") from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageDecodeError(f"corrupt image header ({e})") from e
+    width, height = image.size
+    # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we refuse the whole range.
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+        image.close()
+        raise ImageDecodeError(f"image too large to decode safely ({width}x{height} pixels)")
+    if width == 0 or height == 0:
+        image.close()
+        raise ImageDecodeError("image has no pixels")
+    return image
+
+
+def _draft(image: Image.Image, spec: ImageSpec) -> None:
+    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when that still leaves enough pixels for the crop."""
+    if image.format not in ("JPEG", "MPO"):
+        return
+    fraction = spec.crop_fraction or 1.0
+    # Both sides of the draft stay >= this, so the crop (or plain resize) never upsamples a draft.
+    side = math.ceil(max(spec.width, spec.height) / fraction)
+    image.draft(None, (side, side))
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Flatten any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(image)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale to 8-bit: 16-bit range /257, 0..1 floats x255, else min-max."""
+    pixels = np.asarray(image, dtype=np.float64)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if image.mode == "F" and low >= 0.0 and high <= 1.0:
+        pixels = pixels * 255.0
+    elif image.mode.startswith("I;16") or (low >= 0.0 and 255.0 < high <= 65535.0):
+        pixels = pixels / 257.0
+    elif low < 0.0 or high > 255.0:
+        pixels = (pixels - low) * (255.0 / (high - low))
+    grey = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
+def _crop_resize(image: Image.Image, spec: ImageSpec) -> Image.Image:
+    width, height = image.size
+    box: tuple[float, float, float, float] = (0.0, 0.0, float(width), float(height))
+    if spec.crop_fraction is not None:
+        side = spec.crop_fraction * min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        box = (left, top, left + side, top + side)
+    return image.resize((spec.width, spec.height), Image.Resampling.BILINEAR, box=box)
+
+
+def validate_scaling(name: str) -> Scaling:
+    """Check a scaling name from settings."""
+    if name not in SCALINGS:
+        raise ValueError(f"unknown preprocessing {name!r}; choose one of {', '.join(SCALINGS)}")
+    return name  # type: ignore[return-value]

@@ -1,0 +1,77 @@
+"""Settings shared by every service: where Kafka is, which topics, how large an image may be."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+# Room for the event's headers and Kafka's record-batch framing on top of the image bytes.
+RECORD_OVERHEAD_BYTES = 64 * 1024
+
+
+class PipelineSettings(BaseSettings):
+    """The Kafka connection, topic names and the size limits that topics, producers and consumers must agree on.
+
+    Read from environment variables (upper-case field names) and an optional `.env` file. Each service
+    subclasses this with its own fields; build it once at the entry point and pass it down.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of the Kafka cluster."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_client_id_prefix: str = "image-classifier"
+    kafka_connect_timeout_s: float = Field(60.0, gt=0, description="How long to retry a broker that is not up yet.")
+
+    topic_images: str = "images"
+    topic_predictions: str = "predictions"
+    topic_dead_letter: str = "images.dead-letter"
+    topic_feedback: str = "feedback"
+    topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions of a topic the services create.")
+    topic_replication_factor: int = Field(1, ge=1, le=10)
+    consumer_group_inference: str = "inference"
+    consumer_group_sink: str = "results-sink"
+
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest accepted upload, per file."
+    )
+
+    log_level: LogLevel = "INFO"
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_is_host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"KAFKA_BOOTSTRAP_SERVERS: {server!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> PipelineSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "KAFKA_SECURITY_PROTOCOL=SASL_* needs KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME "
+                "and KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @property
+    def max_record_bytes(self) -> int:
+        """Largest Kafka record an image event can make; topic, producer and consumer limits use it."""
+        return self.max_image_bytes + RECORD_OVERHEAD_BYTES
+
+    def public_dict(self) -> dict[str, object]:
+        """The effective settings for the start-up log line, secrets masked."""
+        return {k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.model_dump().items()}

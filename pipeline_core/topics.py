@@ -1,0 +1,84 @@
+"""Topic administration: create what the services need, idempotently, and check what exists is usable."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import TopicAlreadyExistsError
+
+from pipeline_core.errors import ConfigurationError
+from pipeline_core.settings import PipelineSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic the pipeline needs, with the partition count and config it must have."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str]
+
+
+def pipeline_topics(settings: PipelineSettings) -> list[TopicSpec]:
+    """Every topic of the pipeline. Image topics hold records as large as the largest accepted upload."""
+    large = {"max.message.bytes": str(settings.max_record_bytes)}
+    rf = settings.topic_replication_factor
+    parts = settings.topic_partitions
+    return [
+        TopicSpec(settings.topic_images, parts, rf, large),
+        TopicSpec(settings.topic_dead_letter, 1, rf, large),
+        TopicSpec(settings.topic_predictions, parts, rf, {}),
+        TopicSpec(settings.topic_feedback, 1, rf, {}),
+    ]
+
+
+def ensure_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+    """Create missing topics; refuse existing ones that cannot hold what the pipeline will write."""
+    existing = set(admin.list_topics())
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        new = {
+            s.name: {"num_partitions": s.partitions, "replication_factor": s.replication_factor, "configs": s.config}
+            for s in missing
+        }
+        try:
+            admin.create_topics(new, timeout_ms=15_000, wait_for_metadata=True)
+            logger.info("created topics %s", ", ".join(f"{s.name}({s.partitions})" for s in missing))
+        except TopicAlreadyExistsError:
+            logger.info("topics %s were created concurrently by another service", [s.name for s in missing])
+    _check_existing(admin, [s for s in specs if s.name in existing])
+
+
+def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+    if not specs:
+        return
+    described = {t["name"]: t for t in admin.describe_topics([s.name for s in specs])}
+    for spec in specs:
+        partitions = len(described[spec.name]["partitions"])
+        if partitions < spec.partitions:
+            logger.warning(
+                "topic %s has %d partitions, fewer than the %d configured: at most %d consumers can share it",
+                spec.name, partitions, spec.partitions, partitions,
+            )
+    _check_message_size(admin, specs)
+
+
+def _check_message_size(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+    wanted = {s.name: int(s.config["max.message.bytes"]) for s in specs if "max.message.bytes" in s.config}
+    if not wanted:
+        return
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None}) for name in wanted]
+    described = admin.describe_configs(resources, config_filter="all")["topic"]
+    for name, minimum in wanted.items():
+        actual = int(described[name]["max.message.bytes"]["value"])
+        if actual < minimum:
+                raise ConfigurationError(
+                    f"topic {name} has max.message.bytes={actual}, below the {minimum} that "
+                    f"MAX_IMAGE_BYTES needs; raise the topic's limit or lower MAX_IMAGE_BYTES"
+                )

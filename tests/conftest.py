@@ -1,0 +1,67 @@
+"""Session fixtures: one real Kafka broker for the whole run, and factories for unique topics and groups."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kafka_local.provision import provide_broker
+from pipeline_core.clients import create_admin
+from pipeline_core.settings import PipelineSettings
+from pipeline_core.topics import ensure_topics, pipeline_topics
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real broker: KAFKA_BOOTSTRAP_SERVERS, else a Docker container, else the jar-launched one."""
+    with provide_broker(tmp_path_factory.mktemp("kafka"), try_docker=True) as (bootstrap, _local):
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def local_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], object]:
+    """Tests that stop and restart a broker get their own jar-launched one, never the shared cluster."""
+    from kafka_local import LocalBroker, free_port
+
+    def make() -> LocalBroker:
+        return LocalBroker(tmp_path_factory.mktemp("own-kafka"), free_port(), free_port())
+
+    return make
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses, so tests never see each other's messages."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def pipeline_settings(kafka_bootstrap: str) -> PipelineSettings:
+    """Settings with this test's own topics and consumer groups, created on the broker."""
+    settings = PipelineSettings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_images=unique("images"),
+        topic_predictions=unique("predictions"),
+        topic_dead_letter=unique("dead-letter"),
+        topic_feedback=unique("feedback"),
+        consumer_group_inference=unique("inference"),
+        consumer_group_sink=unique("sink"),
+        topic_partitions=6,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    admin = create_admin(settings, "tests")
+    try:
+        ensure_topics(admin, pipeline_topics(settings))
+    finally:
+        admin.close()
+    return settings
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    """Where tests leave artefacts a person may want to look at (screenshots, reports)."""
+    path = Path(__file__).resolve().parent.parent / "test-output"
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,96 @@
+"""The real broker: topics, produce and consume, and a consumer group of two splitting the partitions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline_core.clients import create_admin, create_consumer, create_producer
+from pipeline_core.errors import ConfigurationError
+from pipeline_core.events import ImageEvent, ImageMeta, decode_image, encode_image
+from pipeline_core.settings import PipelineSettings
+from pipeline_core.topics import ensure_topics, pipeline_topics
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_topics_are_created_idempotently_with_the_configured_partitions(
+    pipeline_settings: PipelineSettings,
+) -> None:
+    admin = create_admin(pipeline_settings, "tests")
+    try:
+        ensure_topics(admin, pipeline_topics(pipeline_settings))  # second call: nothing to create, no error
+        described = admin.describe_topics([pipeline_settings.topic_images])
+        assert len(described[0]["partitions"]) == 6
+    finally:
+        admin.close()
+
+
+def test_existing_topic_too_small_for_the_image_limit_is_refused(pipeline_settings: PipelineSettings) -> None:
+    bigger = pipeline_settings.model_copy(update={"max_image_bytes": pipeline_settings.max_image_bytes * 2})
+    admin = create_admin(bigger, "tests")
+    try:
+        with pytest.raises(ConfigurationError, match="max.message.bytes"):
+            ensure_topics(admin, pipeline_topics(bigger))
+    finally:
+        admin.close()
+
+
+def test_an_image_as_large_as_the_limit_goes_through(pipeline_settings: PipelineSettings) -> None:
+    image = bytes(range(256)) * (pipeline_settings.max_image_bytes // 256)
+    producer = create_producer(pipeline_settings, "tests")
+    key, value, headers = encode_image(
+        ImageEvent(ImageMeta(job_id="big", filename="big.png", content_type="image/png", received_at=0), image)
+    )
+    producer.send(pipeline_settings.topic_images, key=key, value=value, headers=headers).get(timeout=30)
+    producer.close()
+    consumer = create_consumer(pipeline_settings, "tests", group_id=None)
+    consumer.subscribe([pipeline_settings.topic_images])
+    records = _poll_until(consumer, 1)
+    consumer.close()
+    assert decode_image(records[0].value, records[0].headers).image == image
+
+
+def test_a_consumer_group_of_two_splits_the_partitions_and_reads_each_record_once(
+    pipeline_settings: PipelineSettings,
+) -> None:
+    producer = create_producer(pipeline_settings, "tests")
+    sent = {f"job-{i}" for i in range(60)}
+    for job in sent:
+        producer.send(pipeline_settings.topic_predictions, key=job.encode(), value=job.encode())
+    producer.flush(timeout=30)
+    producer.close()
+
+    group = pipeline_settings.consumer_group_inference
+    members = [create_consumer(pipeline_settings, f"tests-{n}", group_id=group) for n in range(2)]
+    for member in members:
+        member.subscribe([pipeline_settings.topic_predictions])
+    received: list[list[str]] = [[], []]
+    deadline = time.monotonic() + 60
+    # Both members must poll to join; keep polling until the group is settled and everything is read.
+    while time.monotonic() < deadline and (
+        sum(map(len, received)) < len(sent) or not all(m.assignment() for m in members)
+    ):
+        for n, member in enumerate(members):
+            for batch in member.poll(timeout_ms=200).values():
+                received[n] += [r.value.decode() for r in batch]
+            member.commit()
+    assignments = [{tp.partition for tp in m.assignment()} for m in members]
+    for member in members:
+        member.close()
+
+    assert assignments[0] and assignments[1], "each member holds some partitions"
+    assert assignments[0].isdisjoint(assignments[1])
+    assert assignments[0] | assignments[1] == set(range(6))
+    assert sorted(received[0] + received[1]) == sorted(sent), "every record read exactly once by the group"
+
+
+def _poll_until(consumer, count: int, timeout_s: float = 30):  # type: ignore[no-untyped-def]
+    records = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < count and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            records += batch
+    assert len(records) >= count, f"got {len(records)} of {count} records within {timeout_s} s"
+    return records
