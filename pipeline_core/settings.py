@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -75,3 +77,43 @@ class PipelineSettings(BaseSettings):
     def public_dict(self) -> dict[str, object]:
         """The effective settings for the start-up log line, secrets masked."""
         return {k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.model_dump().items()}
+
+
+DEV_JOB_ID_SECRET = "dev-only-job-id-secret-change-me"
+
+
+class WebSettings(PipelineSettings):
+    """What the two web services (producer_api, results_sink) share: access control and job-id signing."""
+
+    api_key: SecretStr | None = Field(
+        None, description="When set, uploads and results need header `X-API-Key` (health stays open)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost:8000", "http://127.0.0.1:8000"],
+        description="Origins whose pages may call the API and stream results (JSON list or comma-separated).",
+    )
+    job_id_secret: SecretStr = Field(
+        SecretStr(DEV_JOB_ID_SECRET),
+        description="Signs job ids so the sink can tell a pending job from nonsense. Same value on API and sink.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_with_credentials(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError("CORS_ORIGINS: '*' is refused; list the origins that may call the services")
+        return value
+
+    @property
+    def job_id_key(self) -> bytes:
+        """The job-id signing key as bytes."""
+        return self.job_id_secret.get_secret_value().encode()
