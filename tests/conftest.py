@@ -65,3 +65,30 @@ def output_dir() -> Path:
     path = Path(__file__).resolve().parent.parent / "test-output"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, bytes]:
+    """Real photos that ship offline with scikit-image and scikit-learn, as JPEG files' bytes."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    arrays = {"chelsea": data.chelsea(), "coffee": data.coffee()}
+    samples = load_sample_images()
+    for name, array in zip(samples.filenames, samples.images, strict=True):
+        arrays[Path(name).stem] = array  # "china", "flower"
+    encoded = {}
+    for name, array in arrays.items():
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=92)
+        encoded[name] = buffer.getvalue()
+    return encoded
+
+
+@pytest.fixture(scope="session")
+def expected_labels() -> dict[str, set[str]]:
+    """What a correct classifier says of each photo: its top-1 is one of these Keras-style labels."""
+    return {"chelsea": {"tiger_cat", "Egyptian_cat", "tabby"}, "coffee": {"espresso"}}

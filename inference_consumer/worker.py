@@ -1,0 +1,263 @@
+"""The inference worker: one member of the consumer group, owning its poll -> classify -> publish -> commit loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from inference_consumer import metrics
+from inference_consumer.model import Classification, ImageClassifier
+from inference_consumer.settings import ConsumerSettings
+from pipeline_core.clients import create_consumer, create_producer
+from pipeline_core.errors import DecodeError, ImageDecodeError, PublishError
+from pipeline_core.events import (
+    ImageEvent,
+    PredictionEvent,
+    ScoredLabelModel,
+    Timings,
+    decode_image,
+    encode_prediction,
+)
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTER_REASON_HEADER = "dead-letter-reason"
+DEAD_LETTER_SOURCE_HEADER = "dead-letter-source"
+_MAX_JOB_ID = 64
+
+
+@dataclass
+class WorkerStats:
+    """Counts for the shutdown summary line."""
+
+    batches: int = 0
+    done: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    publish_retries: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one image record becomes: a prediction, a dead-letter copy, or both."""
+
+    record: Any  # kafka-python ConsumerRecord
+    prediction: PredictionEvent | None
+    dead_letter_reason: str | None
+
+
+class _RebalanceLog(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs partition moves. Batches are committed before the next poll, so nothing is in hand on revoke."""
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            logger.info("partitions revoked: %s", _names(revoked))
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info("partitions assigned: %s", _names(assigned) or "none")
+
+
+def _names(partitions: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions))
+
+
+class InferenceWorker:
+    """Polls image events, classifies each poll as one batch, publishes predictions, then commits.
+
+    Offsets are committed only after every prediction of the batch is acknowledged by the broker
+    (`acks=all`), so a crash at any point re-delivers the batch instead of losing it; the sink stores one
+    record per job, which makes the re-delivery harmless.
+    """
+
+    def __init__(self, settings: ConsumerSettings, classifier: ImageClassifier) -> None:
+        self.settings = settings
+        self.classifier = classifier
+        self.stats = WorkerStats()
+        self._stopping = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the batch in hand; safe to call from a signal handler, twice."""
+        self._stopping.set()
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this member holds right now."""
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
+
+    def run(self) -> None:
+        """Join the group and process batches until `stop()`; then commit, leave the group and close."""
+        s = self.settings
+        self._producer = create_producer(s, "inference")
+        self._consumer = create_consumer(
+            s, "inference", s.consumer_group_inference, max_poll_records=s.batch_max_size
+        )
+        self._consumer.subscribe([s.topic_images], listener=_RebalanceLog())
+        logger.info(
+            "joined group %s on %s; model %s %s on %s, batches of up to %d",
+            s.consumer_group_inference, s.topic_images, self.classifier.model_name,
+            self.classifier.model_version, self.classifier.runtime, s.batch_max_size,
+        )
+        try:
+            while not self._stopping.is_set():
+                self._poll_once(self._consumer, self._producer)
+        finally:
+            self._close()
+
+    def _poll_once(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        polled = consumer.poll(timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_size)
+        records = [r for batch in polled.values() for r in batch]
+        if not records:
+            return
+        try:
+            self._handle(records, producer)
+        except PublishError as e:
+            # Not committed: rewind so the same records come again once the broker takes writes.
+            self.stats.publish_retries += 1
+            logger.warning("batch of %d not published (%s); will retry it", len(records), e)
+            for tp, offset in _first_offsets(records).items():
+                consumer.seek(tp, offset)
+            self._stopping.wait(1.0)
+            return
+        consumer.commit(_next_offsets(records))
+
+    def _handle(self, records: Sequence[Any], producer: KafkaProducer) -> None:
+        dequeued_at = time.time()
+        outcomes = classify_records(records, self.classifier, self.settings.top_k, dequeued_at)
+        futures = []
+        for outcome in outcomes:
+            if outcome.prediction is not None:
+                key, value, headers = encode_prediction(outcome.prediction)
+                futures.append(producer.send(self.settings.topic_predictions, key=key, value=value, headers=headers))
+            if outcome.dead_letter_reason is not None:
+                futures.append(self._dead_letter(producer, outcome.record, outcome.dead_letter_reason))
+        producer.flush(timeout=self.settings.kafka_connect_timeout_s)
+        failures = [f for f in futures if not f.succeeded()]
+        if failures:
+            cause = failures[0].exception
+            raise PublishError(
+                f"{len(failures)} of {len(futures)} sends not acknowledged: {cause or 'timed out'!r}"
+            ) from cause
+        self._count(outcomes)
+
+    def _dead_letter(self, producer: KafkaProducer, record: Any, reason: str) -> Any:
+        logger.warning("%s[%d]@%d to the dead-letter topic: %s", record.topic, record.partition, record.offset, reason)
+        headers = [*(record.headers or []), (DEAD_LETTER_REASON_HEADER, reason.encode()),
+                   (DEAD_LETTER_SOURCE_HEADER, f"{record.topic}[{record.partition}]@{record.offset}".encode())]
+        return producer.send(self.settings.topic_dead_letter, key=record.key, value=record.value, headers=headers)
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        self.stats.batches += 1
+        metrics.BATCH_SIZE.observe(len(outcomes))
+        for outcome in outcomes:
+            if outcome.prediction is not None:
+                status = outcome.prediction.status
+                self.stats.done += status == "done"
+                self.stats.failed += status == "failed"
+                metrics.IMAGES_CLASSIFIED.labels(status).inc()
+            if outcome.dead_letter_reason is not None:
+                self.stats.dead_lettered += 1
+                metrics.DEAD_LETTERED.labels("undecodable").inc()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)  # each batch was committed already; this leaves the group
+        if self._producer is not None:
+            self._producer.close(timeout=self.settings.shutdown_grace_s)
+        st = self.stats
+        logger.info(
+            "stopped after %.0f s: %d batches, %d done, %d failed, %d dead-lettered, %d publish retries",
+            time.monotonic() - st.started, st.batches, st.done, st.failed, st.dead_lettered, st.publish_retries,
+        )
+
+
+def classify_records(
+    records: Sequence[Any], classifier: ImageClassifier, top_k: int, dequeued_at: float
+) -> list[Outcome]:
+    """Decode and classify one poll's records in one model call; every record gets an outcome."""
+    outcomes: dict[int, Outcome] = {}
+    events: list[tuple[int, ImageEvent]] = []
+    for n, record in enumerate(records):
+        try:
+            events.append((n, decode_image(record.value, record.headers)))
+        except DecodeError as e:
+            outcomes[n] = _undecodable_record(record, e)
+    started = time.perf_counter()
+    results = classifier.classify([event.image for _, event in events], top_k=top_k) if events else []
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    metrics.INFERENCE_SECONDS.observe(elapsed_ms / 1000)
+    predicted_at = time.time()
+    for (n, event), result in zip(events, results, strict=True):
+        timings = Timings(
+            received_at=event.meta.received_at, dequeued_at=dequeued_at, predicted_at=predicted_at,
+            preprocess_ms=0.0, inference_ms=elapsed_ms, batch_size=len(events),
+        )
+        outcomes[n] = _outcome(records[n], event, result, classifier, timings)
+    return [outcomes[n] for n in range(len(records))]
+
+
+def _outcome(
+    record: Any, event: ImageEvent, result: Classification | ImageDecodeError,
+    classifier: ImageClassifier, timings: Timings,
+) -> Outcome:
+    common = {
+        "job_id": event.meta.job_id, "filename": event.meta.filename, "model_name": classifier.model_name,
+        "model_version": classifier.model_version, "runtime": classifier.runtime, "timings": timings,
+    }
+    if isinstance(result, ImageDecodeError):
+        reason = f"cannot decode image: {result}"
+        return Outcome(record, PredictionEvent(status="failed", error=reason, **common), reason)
+    top = tuple(ScoredLabelModel(label=s.label, wnid=s.wnid, index=s.index, score=s.score) for s in result.top)
+    prediction = PredictionEvent(status="done", label=top[0].label, score=top[0].score, top=top, **common)
+    return Outcome(record, prediction, None)
+
+
+def _undecodable_record(record: Any, error: DecodeError) -> Outcome:
+    """A record that is not an image event: a failed result if a job id can be read, dead-lettered always."""
+    reason = f"not a readable image event: {error}"
+    job_id = readable_job_id(record)
+    prediction = PredictionEvent(job_id=job_id, status="failed", error=reason) if job_id else None
+    return Outcome(record, prediction, reason)
+
+
+def readable_job_id(record: Any) -> str | None:
+    """The job id of a damaged record, from its metadata header or its key, if either is legible."""
+    raw_meta = dict(record.headers or ()).get("meta")
+    if raw_meta:
+        try:
+            job_id = json.loads(raw_meta).get("job_id")
+        except (ValueError, AttributeError):
+            job_id = None
+        if isinstance(job_id, str) and 0 < len(job_id) <= _MAX_JOB_ID:
+            return job_id
+    try:
+        key = record.key.decode("utf-8") if record.key else ""
+    except UnicodeDecodeError:
+        return None
+    return key if 0 < len(key) <= _MAX_JOB_ID and key.isprintable() else None
+
+
+def _first_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
+    first: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        first[tp] = min(first.get(tp, r.offset), r.offset)
+    return first
+
+
+def _next_offsets(records: Sequence[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
+    last: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        last[tp] = max(last.get(tp, r.offset), r.offset)
+    return {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}

@@ -1,0 +1,135 @@
+"""The inference worker against a real broker and the real model: batches, failures, the consumer group."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from inference_consumer.model import ImageClassifier
+from inference_consumer.settings import ConsumerSettings
+from inference_consumer.worker import InferenceWorker
+from pipeline_core.clients import create_consumer, create_producer
+from pipeline_core.events import ImageEvent, ImageMeta, decode_prediction, encode_image, PredictionEvent
+from pipeline_core.settings import PipelineSettings
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def consumer_settings(base: PipelineSettings, **overrides: object) -> ConsumerSettings:
+    return ConsumerSettings(**(base.model_dump() | {"batch_max_size": 8} | overrides), _env_file=None)  # type: ignore[call-arg, arg-type]
+
+
+@contextmanager
+def running(worker: InferenceWorker) -> Iterator[threading.Thread]:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the worker stops within 30 s of stop()"
+
+
+def publish_images(settings: PipelineSettings, images: dict[str, bytes]) -> None:
+    producer = create_producer(settings, "tests")
+    try:
+        for job_id, data in images.items():
+            key, value, headers = encode_image(ImageEvent(
+                ImageMeta(job_id=job_id, filename=f"{job_id}.jpg", content_type="image/jpeg", received_at=time.time()),
+                data,
+            ))
+            producer.send(settings.topic_images, key=key, value=value, headers=headers)
+        producer.flush(30)
+    finally:
+        producer.close()
+
+
+def read_topic(settings: PipelineSettings, topic: str, count: int, timeout_s: float = 60) -> list:  # type: ignore[type-arg]
+    consumer = create_consumer(settings, "tests", group_id=None)
+    consumer.subscribe([topic])
+    records = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=300).values():
+                records += batch
+    finally:
+        consumer.close()
+    return records
+
+
+def predictions(settings: PipelineSettings, count: int) -> dict[str, PredictionEvent]:
+    records = read_topic(settings, settings.topic_predictions, count)
+    events = [decode_prediction(r.value, r.headers) for r in records]
+    return {e.job_id: e for e in events}
+
+
+def test_photos_are_classified_and_published_with_timings(
+    pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes],
+    expected_labels: dict[str, set[str]],
+) -> None:
+    settings = consumer_settings(pipeline_settings)
+    jobs = {f"{name}-{n}": photos[name] for name in expected_labels for n in range(5)}
+    publish_images(settings, jobs)
+    worker = InferenceWorker(settings, litert_classifier)
+    with running(worker):
+        results = predictions(settings, len(jobs))
+    assert set(results) == set(jobs)
+    for job_id, event in results.items():
+        assert event.status == "done"
+        assert event.label in expected_labels[job_id.rsplit("-", 1)[0]], (job_id, event.label)
+        assert len(event.top) == 5 and event.top[0].label == event.label
+        assert event.model_name == "efficientnet-lite0" and event.runtime == "litert"
+        assert event.timings is not None and event.timings.batch_size >= 1
+        assert event.timings.received_at <= event.timings.dequeued_at <= event.timings.predicted_at
+    assert worker.stats.done == len(jobs)
+
+
+def test_undecodable_image_gives_a_failed_result_and_a_dead_letter_and_the_partition_moves_on(
+    pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes]
+) -> None:
+    settings = consumer_settings(pipeline_settings, topic_partitions=6)
+    publish_images(settings, {"broken": b"\xff\xd8\xff\xe0 not really a jpeg", "fine": photos["coffee"]})
+    producer = create_producer(settings, "tests")
+    # A foreign record with no schema and no legible id, and one with a legible key but garbage headers.
+    producer.send(settings.topic_images, key=None, value=b"hello")
+    producer.send(settings.topic_images, key=b"foreign-1", value=b"x", headers=[("schema", b"image/1")])
+    producer.flush(30)
+    producer.close()
+    worker = InferenceWorker(settings, litert_classifier)
+    with running(worker):
+        results = predictions(settings, 3)
+        dead = read_topic(settings, settings.topic_dead_letter, 3)
+    assert results["fine"].status == "done" and results["fine"].label == "espresso"
+    assert results["broken"].status == "failed" and "cannot decode image" in (results["broken"].error or "")
+    assert results["foreign-1"].status == "failed" and "not a readable image event" in (results["foreign-1"].error or "")
+    reasons = sorted(dict(r.headers)["dead-letter-reason"].decode().split(":")[0] for r in dead)
+    assert reasons == ["cannot decode image", "not a readable image event", "not a readable image event"]
+    assert {r.value for r in dead} == {b"\xff\xd8\xff\xe0 not really a jpeg", b"hello", b"x"}
+
+
+def test_two_workers_split_the_partitions_and_classify_each_image_once(
+    pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes]
+) -> None:
+    settings = consumer_settings(pipeline_settings, batch_max_size=4)
+    jobs = {f"job-{n}": photos["coffee"] for n in range(60)}
+    workers = [InferenceWorker(settings, litert_classifier) for _ in range(2)]
+    with running(workers[0]), running(workers[1]):
+        deadline = time.monotonic() + 60
+        while not all(w.assignment for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assignments = [{tp.partition for tp in w.assignment} for w in workers]
+        publish_images(settings, jobs)
+        records = read_topic(settings, settings.topic_predictions, len(jobs))
+        time.sleep(1)  # anything published twice would arrive by now
+        records = read_topic(settings, settings.topic_predictions, len(jobs) + 1, timeout_s=3)
+    assert assignments[0] and assignments[1] and assignments[0].isdisjoint(assignments[1])
+    assert assignments[0] | assignments[1] == set(range(6))
+    job_ids = [decode_prediction(r.value, r.headers).job_id for r in records]
+    assert sorted(job_ids) == sorted(jobs), "every image classified exactly once"
+    assert workers[0].stats.done > 0 and workers[1].stats.done > 0
