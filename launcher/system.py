@@ -1,0 +1,124 @@
+"""The whole system as real processes: the sink, N inference consumers and the API, around one broker.
+
+`make run` uses it, and so do the end-to-end tests, the fault tests and the benchmark, so that what they
+exercise is exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from launcher.processes import Service
+from pipeline_core.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceDiedError(PipelineError):
+    """A service of the system exited while it should be running."""
+
+
+@dataclass
+class System:
+    """The services of one running system; start with `start()`, stop with `stop()` (API first, sink last)."""
+
+    bootstrap_servers: str
+    data_dir: Path
+    api_port: int = 8000
+    sink_port: int = 8001
+    consumers: int = 2
+    env: Mapping[str, str] = field(default_factory=dict)
+    out: IO[str] = field(default=sys.stdout)
+    stop_timeout_s: float = 20.0
+    services: dict[str, Service] = field(default_factory=dict, init=False)
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the upload API."""
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def sink_url(self) -> str:
+        """Base URL of the results sink."""
+        return f"http://127.0.0.1:{self.sink_port}"
+
+    def service_env(self) -> dict[str, str]:
+        """The environment every service gets: the parent's, the overrides, and the system's wiring."""
+        env = dict(os.environ) | dict(self.env)
+        env.setdefault("JOB_ID_SECRET", secrets.token_urlsafe(32))  # the API and the sink must share it
+        env.setdefault("RESULTS_STORE_URL", f"sqlite:///{self.data_dir.resolve()}/results.db")
+        env.setdefault("RESULTS_PUBLIC_URL", f"http://localhost:{self.sink_port}")
+        env.setdefault("RESULTS_INTERNAL_URL", self.sink_url)
+        env.setdefault("CORS_ORIGINS", f"http://localhost:{self.api_port},http://127.0.0.1:{self.api_port}")
+        return env | {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "PYTHONUNBUFFERED": "1",
+            "API_PORT": str(self.api_port),
+            "SINK_PORT": str(self.sink_port),
+        }
+
+    def start(self, ready_timeout_s: float = 120) -> None:
+        """Start every service and return once the API and the sink answer `/readyz`."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._env = self.service_env()
+        self.start_service("sink")
+        for n in range(1, self.consumers + 1):
+            self.start_service(f"inference-{n}")
+        self.start_service("api")
+        self.wait_ready(ready_timeout_s)
+
+    def start_service(self, name: str) -> Service:
+        """(Re)start one service by name: `api`, `sink` or `inference-N`."""
+        module = {"api": "producer_api", "sink": "results_sink"}.get(name, "inference_consumer")
+        colour = {"api": 5, "sink": 0}.get(name, int(name.rpartition("-")[2] or 1))
+        service = Service(name, [sys.executable, "-m", module], self._env, colour=colour)
+        service.start(self.out)
+        self.services[name] = service
+        return service
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Block until the API and the sink are ready; raise if a service dies or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        for url in (f"{self.sink_url}/readyz", f"{self.api_url}/readyz"):
+            while not _answers_200(url):
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise ServiceDiedError(f"{url} not ready within {timeout_s:.0f} s")
+                time.sleep(0.2)
+
+    def check_alive(self) -> None:
+        """Raise `ServiceDiedError` naming the first service that has exited."""
+        for service in self.services.values():
+            if not service.running:
+                code = service.process.returncode if service.process else None
+                raise ServiceDiedError(f"{service.name} exited with {code}")
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop in order: the API (no new uploads), then the consumers, then the sink. Returns exit codes."""
+        codes: dict[str, int | None] = {}
+        api = [s for n, s in self.services.items() if n == "api"]
+        consumers = [s for n, s in self.services.items() if n.startswith("inference-")]
+        sink = [s for n, s in self.services.items() if n == "sink"]
+        for group in (api, consumers, sink):
+            for service in group:
+                service.terminate()
+            for service in group:
+                codes[service.name] = service.wait(self.stop_timeout_s)
+        return codes
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own localhost URL
+            return bool(response.status == 200)
+    except OSError:
+        return False

@@ -1,0 +1,45 @@
+"""Consumer-group lag: how many records of a topic a group has not committed yet, per partition."""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.admin import OffsetSpec
+from kafka.errors import CoordinatorNotAvailableError
+from kafka.structs import OffsetAndMetadata
+
+_COORDINATOR_WAIT_S = 10.0
+
+
+def group_lag(admin: KafkaAdminClient, group_id: str, topic: str) -> dict[int, int]:
+    """Records behind the log end for each partition of `topic` (uncommitted partitions count from 0)."""
+    partitions = [TopicPartition(topic, p["partition_index"]) for p in admin.describe_topics([topic])[0]["partitions"]]
+    ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
+    committed = _committed(admin, group_id, partitions)
+    lag = {}
+    for tp in partitions:
+        done = committed.get(tp)
+        position = done.offset if done is not None and done.offset >= 0 else 0
+        lag[tp.partition] = max(0, ends[tp].offset - position)
+    return lag
+
+
+def _committed(
+    admin: KafkaAdminClient, group_id: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    # On a fresh cluster the first group lookup creates __consumer_offsets; its coordinator needs a moment.
+    deadline = time.monotonic() + _COORDINATOR_WAIT_S
+    while True:
+        try:
+            offsets: dict[TopicPartition, OffsetAndMetadata] = admin.list_group_offsets(
+                {group_id: partitions}
+            ).get(group_id, {})
+            return offsets
+        except CoordinatorNotAvailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+
