@@ -40,6 +40,10 @@ class System:
     out: IO[str] = field(default=sys.stdout)
     stop_timeout_s: float = 20.0
     services: dict[str, Service] = field(default_factory=dict, init=False)
+    _env: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._env = self._build_env()
 
     @property
     def api_url(self) -> str:
@@ -53,6 +57,9 @@ class System:
 
     def service_env(self) -> dict[str, str]:
         """The environment every service gets: the parent's, the overrides, and the system's wiring."""
+        return dict(self._env)
+
+    def _build_env(self) -> dict[str, str]:
         env = dict(os.environ) | dict(self.env)
         env.setdefault("JOB_ID_SECRET", secrets.token_urlsafe(32))  # the API and the sink must share it
         env.setdefault("RESULTS_STORE_URL", f"sqlite:///{self.data_dir.resolve()}/results.db")
@@ -69,7 +76,6 @@ class System:
     def start(self, ready_timeout_s: float = 120) -> None:
         """Start every service and return once the API and the sink answer `/readyz`."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._env = self.service_env()
         self.start_service("sink")
         for n in range(1, self.consumers + 1):
             self.start_service(f"inference-{n}")

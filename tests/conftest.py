@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kafka_local.provision import provide_broker
+from launcher.system import System
 from pipeline_core.clients import create_admin
 from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import ensure_topics, pipeline_topics
@@ -92,3 +93,54 @@ def photos() -> dict[str, bytes]:
 def expected_labels() -> dict[str, set[str]]:
     """What a correct classifier says of each photo: its top-1 is one of these Keras-style labels."""
     return {"chelsea": {"tiger_cat", "Egyptian_cat", "tabby"}, "coffee": {"espresso"}}
+
+
+class SystemFactory:
+    """Starts whole systems (sink, consumers, API as real processes) on the session broker, each isolated."""
+
+    def __init__(self, bootstrap: str, base_dir: Path, log_dir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.base_dir = base_dir
+        self.log_dir = log_dir
+        self.started: list[object] = []
+
+    def __call__(self, consumers: int = 2, bootstrap: str | None = None, **env: str) -> System:
+        from kafka_local import free_port
+        from launcher.system import System
+
+        name = unique("system")
+        isolation = {
+            "TOPIC_IMAGES": f"{name}-images", "TOPIC_PREDICTIONS": f"{name}-predictions",
+            "TOPIC_DEAD_LETTER": f"{name}-dead-letter", "TOPIC_FEEDBACK": f"{name}-feedback",
+            "CONSUMER_GROUP_INFERENCE": f"{name}-inference", "CONSUMER_GROUP_SINK": f"{name}-sink",
+            "LOG_LEVEL": "INFO",
+        }
+        log = (self.log_dir / f"{name}.log").open("w")
+        system = System(
+            bootstrap or self.bootstrap, self.base_dir / name, free_port(), free_port(), consumers,
+            env=isolation | env, out=log,
+        )
+        self.started.append((system, log))
+        system.start()
+        return system
+
+    def stop_all(self) -> None:
+        for system, log in self.started:  # type: ignore[misc]
+            system.stop()
+            log.close()
+
+
+@pytest.fixture(scope="session")
+def system_factory(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, output_dir: Path
+) -> Iterator[SystemFactory]:
+    """Make whole running systems; each gets its own topics, groups, store and ports. Logs: test-output/."""
+    factory = SystemFactory(kafka_bootstrap, tmp_path_factory.mktemp("systems"), output_dir)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def running_system(system_factory: SystemFactory) -> System:
+    """One whole system (API, two inference consumers, sink) shared by the end-to-end tests."""
+    return system_factory(consumers=2)

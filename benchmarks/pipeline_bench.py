@@ -1,0 +1,271 @@
+"""`make bench`: the pipeline end to end against the model's own ceiling, measured in the same run.
+
+1. The ceiling: the default model alone in this process, same runtime and threads as the consumers, same photos.
+2. Scaling: saturated throughput with 1, 2 and 4 consumers (and threads per consumer).
+3. A load sweep on the best configuration, from a quarter of saturation to twice it: throughput, round-trip and
+   per-hop latency percentiles, shed and failed requests, and CPU-seconds per image of every process.
+Writes docs/benchmarks/pipeline.md, pipeline.json and plots (`--smoke`: a short run into a temporary folder,
+for CI, with no timing assertion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from PIL import Image
+
+from benchmarks.loadgen import LoadResult, run_open_loop
+from benchmarks.model_bench import _machine, measure_ceiling, measure_preprocessing
+from kafka_local import free_port
+from kafka_local.provision import provide_broker
+from launcher.system import System
+from pipeline_core.logs import configure_logging
+
+logger = logging.getLogger("benchmarks.pipeline")
+OUTPUT_DIR = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+ORIGINAL_RPS = {"one model service": 5.8, "two model services": 9.7}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way to run the consumers on this machine."""
+
+    consumers: int
+    threads: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.consumers} consumer{'s' if self.consumers > 1 else ''} x {self.threads} thread{'s' if self.threads > 1 else ''}"
+
+
+def bench_photos() -> list[tuple[str, bytes]]:
+    """The four offline photos as JPEG files, the same bytes for the ceiling and the pipeline."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    arrays = {"chelsea": data.chelsea(), "coffee": data.coffee()}
+    samples = load_sample_images()
+    arrays |= {Path(n).stem: a for n, a in zip(samples.filenames, samples.images, strict=True)}
+    photos = []
+    for name, array in arrays.items():
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+        photos.append((f"{name}.jpg", buffer.getvalue()))
+    return photos
+
+
+def measure_model(photos: Sequence[tuple[str, bytes]], threads: int, quick: bool) -> dict[str, Any]:
+    """The model-only ceiling, and the model's CPU-seconds per image at batch 1, in this process."""
+    import numpy as np
+
+    from inference_consumer.model import load_classifier
+    from inference_consumer.settings import DEFAULT_MODEL_CACHE
+
+    classifier = load_classifier(cache_dir=DEFAULT_MODEL_CACHE, num_threads=threads)
+    images = [data for _, data in photos]
+    ceiling = measure_ceiling(classifier, images, (1, 8, 16), runs=3 if quick else 7)
+    rows = np.stack([classifier.preprocess(d) for d in images])
+    calls = 40 if quick else 200
+    cpu_before = psutil.Process().cpu_times()
+    for n in range(calls):
+        classifier.predict(rows[n % len(rows)][None])
+    cpu_after = psutil.Process().cpu_times()
+    spent = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    return ceiling | {
+        "model_cpu_s_per_image": spent / calls,
+        "preprocess_ms_per_image": measure_preprocessing(classifier, images, repeats=10),
+        "threads": threads,
+    }
+
+
+class CpuMeter:
+    """CPU-seconds of each process of the system (and of this load generator) over an interval."""
+
+    def __init__(self, system: System, broker_pid: int | None) -> None:
+        self.processes: dict[str, psutil.Process] = {
+            name: psutil.Process(s.process.pid) for name, s in system.services.items() if s.process
+        }
+        if broker_pid is not None:
+            self.processes["broker"] = psutil.Process(broker_pid)
+        self.processes["load generator"] = psutil.Process()
+        self._start: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
+
+    def _cpu(self) -> dict[str, float]:
+        result = {}
+        for name, process in self.processes.items():
+            times = process.cpu_times()
+            result[name] = times.user + times.system
+            rss = process.memory_info().rss / 2**20
+            self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), rss)
+        return result
+
+    def start(self) -> None:
+        self._start = self._cpu()
+
+    def stop(self) -> dict[str, float]:
+        end = self._cpu()
+        return {name: end[name] - self._start[name] for name in end}
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) by the nearest-rank method, or None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def summarise(load: LoadResult, cpu: dict[str, float]) -> dict[str, Any]:
+    """Throughput, latency percentiles overall and per hop, shed and failed counts, CPU per image."""
+    done = load.completed
+    trips = [j.round_trip_s for j in done if j.round_trip_s is not None]
+    hops: dict[str, list[float]] = {}
+    for job in done:
+        for hop, seconds in job.hops_s().items():
+            hops.setdefault(hop, []).append(seconds)
+    ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
+    return {
+        "offered_images_per_s": load.offered_images_per_s,
+        "accepted": len(load.jobs),
+        "completed": len(done),
+        "failed_results": sum(1 for j in done if j.status != "done"),
+        "completed_images_per_s": len(done) / load.wall_s if load.wall_s else 0.0,
+        "rejected": load.rejected,
+        "errors": len(load.errors),
+        "error_samples": load.errors[:5],
+        "timed_out": load.timed_out,
+        "round_trip_ms": {f"p{q}": ms(percentile(trips, q)) for q in (50, 95, 99)} | {"max": ms(max(trips, default=None))},
+        "hops_ms": {hop: {"p50": ms(percentile(v, 50)), "p99": ms(percentile(v, 99))} for hop, v in hops.items()},
+        "cpu_s_per_image": {name: (seconds / len(done) if done else None) for name, seconds in cpu.items()},
+        "wall_s": load.wall_s,
+    }
+
+
+def run_level(system: System, meter: CpuMeter, photos: Sequence[tuple[str, bytes]], rate: float,
+              duration_s: float, files_per_request: int) -> dict[str, Any]:
+    """Offer one load level and summarise it."""
+    meter.start()
+    load = asyncio.run(run_open_loop(system.api_url, system.sink_url, photos, rate, duration_s, files_per_request))
+    summary = summarise(load, meter.stop())
+    logger.info(
+        "offered %.0f img/s: completed %.1f img/s, p50 %s ms, p99 %s ms, shed %d, errors %d, timed out %d",
+        rate, summary["completed_images_per_s"], summary["round_trip_ms"]["p50"], summary["round_trip_ms"]["p99"],
+        summary["rejected"], summary["errors"], summary["timed_out"],
+    )
+    return summary
+
+
+def start_system(bootstrap: str, work: Path, config: Config, log_dir: Path) -> tuple[System, float]:
+    """A whole system with `config`'s consumers; returns it and its seconds from launch to ready."""
+    name = f"bench-{config.consumers}x{config.threads}-{int(time.time())}"
+    env = {
+        "MODEL_THREADS": str(config.threads), "LOG_LEVEL": "WARNING",
+        "TOPIC_IMAGES": f"{name}-images", "TOPIC_PREDICTIONS": f"{name}-predictions",
+        "TOPIC_DEAD_LETTER": f"{name}-dead-letter", "TOPIC_FEEDBACK": f"{name}-feedback",
+        "CONSUMER_GROUP_INFERENCE": f"{name}-inference", "CONSUMER_GROUP_SINK": f"{name}-sink",
+    }
+    log = (log_dir / f"{name}.log").open("w")
+    system = System(bootstrap, work / name, free_port(), free_port(), config.consumers, env=env, out=log)
+    started = time.monotonic()
+    system.start()
+    return system, time.monotonic() - started
+
+
+def warm_up(system: System, photos: Sequence[tuple[str, bytes]]) -> None:
+    """A few images through every consumer, so first-batch costs stay out of the measurements."""
+    load = asyncio.run(run_open_loop(system.api_url, system.sink_url, photos, 40, 2, 4))
+    if load.errors or load.timed_out:
+        raise RuntimeError(f"warm-up failed: {load.errors[:3]} timed out {load.timed_out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a short run for CI, written to a temporary folder")
+    parser.add_argument("--output", type=Path, default=None, help=f"where to write results (default {OUTPUT_DIR})")
+    parser.add_argument("--level-seconds", type=float, default=None)
+    args = parser.parse_args(argv)
+    configure_logging("INFO")
+    quick = args.smoke
+    output = args.output or (Path(tempfile.mkdtemp(prefix="bench-")) if quick else OUTPUT_DIR)
+    output.mkdir(parents=True, exist_ok=True)
+    level_s = args.level_seconds or (3.0 if quick else 15.0)
+    photos = bench_photos()
+    report: dict[str, Any] = {"machine": _machine(), "level_seconds": level_s, "smoke": quick}
+
+    report["model"] = measure_model(photos, threads=2, quick=quick)
+    ceiling = report["model"]["ceiling_images_per_s"]
+    logger.info("model-only ceiling: %.0f images/s", ceiling)
+    configs = [Config(1, 2)] if quick else [Config(1, 2), Config(2, 1), Config(2, 2), Config(4, 1)]
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-") as work_dir:
+        work = Path(work_dir)
+        broker_started = time.monotonic()
+        bootstrap, local = stack.enter_context(provide_broker(work / "kafka", try_docker=False))
+        report["broker_start_s"] = time.monotonic() - broker_started
+        broker_pid = local._process.pid if local is not None and local._process is not None else None  # noqa: SLF001
+        report["scaling"] = []
+        best: tuple[float, Config] | None = None
+        for config in configs:
+            system, ready_s = start_system(bootstrap, work, config, output if not quick else work)
+            try:
+                warm_up(system, photos)
+                meter = CpuMeter(system, broker_pid)
+                level = run_level(system, meter, photos, ceiling * 1.5, level_s, 4)
+                level["config"] = config.name
+                level["ready_s"] = ready_s
+                level["peak_rss_mb"] = dict(meter.peak_rss_mb)
+                report["scaling"].append(level)
+                if best is None or level["completed_images_per_s"] > best[0]:
+                    best = (level["completed_images_per_s"], config)
+            finally:
+                system.stop()
+        assert best is not None
+        saturation, config = best
+        report["best_config"] = config.name
+        report["saturation_images_per_s"] = saturation
+        system, ready_s = start_system(bootstrap, work, config, output if not quick else work)
+        report["ready_s"] = ready_s
+        try:
+            warm_up(system, photos)
+            meter = CpuMeter(system, broker_pid)
+            fractions = (0.5, 2.0) if quick else (0.25, 0.5, 0.75, 1.0, 1.25, 2.0)
+            report["sweep"] = []
+            for fraction in fractions:
+                level = run_level(system, meter, photos, saturation * fraction, level_s, 4)
+                level["fraction_of_saturation"] = fraction
+                report["sweep"].append(level)
+            report["peak_rss_mb"] = dict(meter.peak_rss_mb)
+        finally:
+            system.stop()
+    report["model_after"] = measure_model(photos, threads=2, quick=True)
+    write_report(report, output)
+    return 0
+
+
+def write_report(report: dict[str, Any], output: Path) -> None:
+    """pipeline.json, pipeline.md and the plots."""
+    from benchmarks.report import render_markdown, render_plots
+
+    (output / "pipeline.json").write_text(json.dumps(report, indent=2))
+    render_plots(report, output)
+    (output / "pipeline.md").write_text(render_markdown(report))
+    print(render_markdown(report))
+    logger.info("wrote %s", output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The whole pipeline as a user meets it: real API, real broker, two real consumers, real sink, real photos."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse, connect_sse
+
+from launcher.system import System
+from pipeline_core.clients import create_admin, create_consumer
+from pipeline_core.events import decode_prediction
+from support import stored_results, system_settings, upload, wait_by_polling
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_several_images_in_one_request_followed_by_sse_and_by_polling(
+    running_system: System, photos: dict[str, bytes], expected_labels: dict[str, set[str]]
+) -> None:
+    with httpx.Client(base_url=running_system.api_url, timeout=30) as client:
+        jobs = upload(client, {"chelsea.jpg": photos["chelsea"], "coffee.jpg": photos["coffee"]})
+        assert all(job["result_url"].startswith("http") and job["events_url"].startswith("http") for job in jobs)
+        assert len({job["id"] for job in jobs}) == 2 and all(len(job["id"]) >= 22 for job in jobs)
+
+        chelsea, coffee = jobs
+        with connect_sse(client, "GET", chelsea["events_url"]) as source:
+            events = list(source.iter_sse())
+        assert [e.event for e in events] == ["result"], "one result event, then the stream ends"
+        result = json.loads(events[0].data)
+        assert result["status"] == "done" and result["label"] in expected_labels["chelsea"]
+        assert events[0].id, "events carry ids, for Last-Event-ID"
+
+        polled = wait_by_polling(client, coffee["result_url"])
+        assert polled["status"] == "done" and polled["label"] == "espresso"
+        assert len(polled["top"]) == 5  # type: ignore[arg-type]
+        assert polled["model"]["name"] == "efficientnet-lite0"  # type: ignore[index]
+
+
+def test_concurrent_requests_all_classified_and_streamed_by_one_multi_job_stream(
+    running_system: System, photos: dict[str, bytes], expected_labels: dict[str, set[str]]
+) -> None:
+    async def scenario() -> tuple[list[dict[str, str]], dict[str, dict[str, object]]]:
+        async with httpx.AsyncClient(base_url=running_system.api_url, timeout=30) as client:
+            responses = await asyncio.gather(*[
+                client.post("/v1/images", files=[
+                    ("file", (f"chelsea-{n}.jpg", photos["chelsea"])), ("file", (f"coffee-{n}.jpg", photos["coffee"])),
+                ]) for n in range(8)
+            ])
+            assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
+            jobs = [job for r in responses for job in r.json()["jobs"]]
+            ids = ",".join(job["id"] for job in jobs)
+            results: dict[str, dict[str, object]] = {}
+            async with aconnect_sse(client, "GET", f"{running_system.sink_url}/v1/events?ids={ids}") as source:
+                async for event in source.aiter_sse():
+                    assert event.event == "result"
+                    body = json.loads(event.data)
+                    results[body["id"]] = body
+            return jobs, results
+
+    jobs, results = asyncio.run(scenario())
+    assert len(jobs) == 16 and set(results) == {job["id"] for job in jobs}, "the stream ends after the last job"
+    for job in jobs:
+        photo = job["filename"].split("-")[0]
+        assert results[job["id"]]["label"] in expected_labels[photo], (job, results[job["id"]])
+
+
+def test_compatibility_routes_behave_as_the_original_project(running_system: System, photos: dict[str, bytes]) -> None:
+    with httpx.Client(base_url=running_system.api_url, timeout=60) as client:
+        ok = client.post("/predict", files={"file": ("coffee.jpg", photos["coffee"])})
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert set(body) == {"success", "prediction", "score"}
+        assert body["success"] is True and body["prediction"] == "espresso"
+        assert body["score"] == round(body["score"], 4) and 0 < body["score"] <= 1
+
+        for bad in (client.post("/predict", json={"file": "nope"}), client.post("/predict")):
+            assert bad.status_code == 400
+            assert bad.json() == {"success": False, "prediction": None, "score": None}
+        not_an_image = client.post("/predict", files={"file": ("cat.jpg", b"definitely not a jpeg")})
+        assert not_an_image.status_code == 400 and not_an_image.json()["success"] is False
+        assert client.get("/predict").status_code == 405
+
+        assert client.get("/").status_code == 200
+        assert client.post("/", files={}).status_code in (302, 303)
+        assert client.post("/feedback", data={"report": "coffee.jpg is a latte"}).status_code == 200
+        assert client.get("/feedback").status_code == 200
+        assert client.post("/feedback").status_code == 200
+
+
+def test_two_consumers_split_the_partitions_and_each_image_is_classified_exactly_once(
+    system_factory, photos: dict[str, bytes]  # type: ignore[no-untyped-def]
+) -> None:
+    system = system_factory(consumers=2)
+    with httpx.Client(base_url=system.api_url, timeout=30) as client:
+        jobs = [job for n in range(10) for job in upload(client, {f"c{n}-{k}.jpg": photos["coffee"] for k in range(4)})]
+        for job in jobs:
+            assert wait_by_polling(client, job["result_url"])["label"] == "espresso"
+
+    settings = system_settings(system)
+    admin = create_admin(settings, "tests")
+    try:
+        group = admin.describe_groups([settings.consumer_group_inference])[settings.consumer_group_inference]
+    finally:
+        admin.close()
+    partitions_by_member = [
+        {p for t in m["member_assignment"]["assignment"] for p in t["partitions"]} for m in group["members"]
+    ]
+    assert len(partitions_by_member) == 2 and all(partitions_by_member)
+    assert partitions_by_member[0].isdisjoint(partitions_by_member[1])
+    assert partitions_by_member[0] | partitions_by_member[1] == set(range(6))
+
+    consumer = create_consumer(settings, "tests", group_id=None)
+    consumer.subscribe([settings.topic_predictions])
+    seen: list[str] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        seen += [decode_prediction(r.value, r.headers).job_id for b in consumer.poll(timeout_ms=300).values() for r in b]
+    consumer.close()
+    assert sorted(seen) == sorted(job["id"] for job in jobs), "one prediction per image: none lost, none twice"
+    assert stored_results(system) == {job["id"]: 1 for job in jobs}, "one stored record per job"

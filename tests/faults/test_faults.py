@@ -1,0 +1,169 @@
+"""Faults injected into real processes: every image that got a 202 gets exactly one result, whatever crashes.
+
+Each test records what it did in test-output/reliability.json (images in flight, faults, lost, duplicated),
+the figures docs/reliability.md quotes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from launcher.system import System
+from pipeline_core.clients import create_producer
+from support import stored_results, stream_results, system_settings, upload, wait_by_polling
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+
+def record(output_dir: Path, name: str, **figures: object) -> None:
+    """Add this test's figures to test-output/reliability.json."""
+    path = output_dir / "reliability.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = figures
+    path.write_text(json.dumps(data, indent=2))
+
+
+def upload_many(system: System, photo: bytes, requests: int, per_request: int = 4) -> list[dict[str, str]]:
+    with httpx.Client(base_url=system.api_url, timeout=30) as client:
+        return [job for n in range(requests)
+                for job in upload(client, {f"img-{n}-{k}.jpg": photo for k in range(per_request)})]
+
+
+def wait_all_stored(system: System, ids: set[str], timeout_s: float = 240) -> dict[str, int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stored = stored_results(system)
+        if ids <= set(stored):
+            return stored
+        time.sleep(0.5)
+    stored = stored_results(system)
+    raise AssertionError(f"{len(ids - set(stored))} of {len(ids)} accepted images have no result")
+
+
+def assert_exactly_once(stored: dict[str, int], ids: set[str]) -> tuple[int, int]:
+    lost = len(ids - set(stored))
+    duplicated = sum(count - 1 for job, count in stored.items() if job in ids)
+    assert lost == 0 and duplicated == 0, (lost, duplicated)
+    return lost, duplicated
+
+
+def test_kill_9_one_of_two_consumers_in_flight(
+    system_factory: Callable[..., System], photos: dict[str, bytes], output_dir: Path
+) -> None:
+    system = system_factory(consumers=2)
+    jobs = upload_many(system, photos["coffee"], requests=75)  # 300 images
+    ids = {job["id"] for job in jobs}
+    while len(stored_results(system)) < 20:  # the victim is mid-stream, not idle
+        time.sleep(0.05)
+    in_flight = len(ids) - len(stored_results(system))
+    victim = system.services["inference-1"]
+    assert victim.process is not None
+    victim.process.send_signal(signal.SIGKILL)
+    stored = wait_all_stored(system, ids)
+    lost, duplicated = assert_exactly_once(stored, ids)
+    assert system.services["inference-2"].running, "the surviving consumer took over"
+    record(output_dir, "kill -9 one of two consumers", images=len(ids), in_flight_at_fault=in_flight,
+           faults=1, lost=lost, duplicated=duplicated)
+
+
+def test_broker_stopped_while_uploading_then_restarted(
+    system_factory: Callable[..., System], local_broker_factory: Callable[[], object],
+    photos: dict[str, bytes], output_dir: Path,
+) -> None:
+    broker = local_broker_factory()
+    broker.start()  # type: ignore[attr-defined]
+    try:
+        system = system_factory(consumers=1, bootstrap=broker.bootstrap_servers)  # type: ignore[attr-defined]
+        accepted = {job["id"] for job in upload_many(system, photos["coffee"], requests=10)}
+        broker.kill()  # type: ignore[attr-defined]
+        with httpx.Client(base_url=system.api_url, timeout=30) as client:
+            started = time.monotonic()
+            refused = client.post("/v1/images", files=[("file", ("a.jpg", photos["coffee"]))])
+            refusal_s = time.monotonic() - started
+            assert refused.status_code == 503, refused.text
+            assert "Retry-After" in refused.headers
+            assert refusal_s < 12, f"the API answered 503 after {refusal_s:.1f} s"
+            deadline = time.monotonic() + 15
+            while client.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.get("/readyz").status_code == 503, "readiness says not ready while the broker is down"
+        broker.start()  # type: ignore[attr-defined]
+        stored = wait_all_stored(system, accepted)
+        lost, duplicated = assert_exactly_once(stored, accepted)
+        with httpx.Client(base_url=system.api_url, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            after = upload(client, {"after.jpg": photos["coffee"]})
+            assert wait_by_polling(client, after[0]["result_url"])["label"] == "espresso"
+        record(output_dir, "broker stopped and restarted", images=len(accepted), faults=1,
+               seconds_to_503=round(refusal_s, 2), lost=lost, duplicated=duplicated)
+    finally:
+        broker.stop()  # type: ignore[attr-defined]
+
+
+def test_sink_killed_and_restarted_sse_client_resumes_with_last_event_id(
+    system_factory: Callable[..., System], photos: dict[str, bytes], output_dir: Path
+) -> None:
+    system = system_factory(consumers=2)
+    jobs = upload_many(system, photos["coffee"], requests=10)  # 40 images
+    ids = [job["id"] for job in jobs]
+    first = stream_results(system.sink_url, ids, limit=10)
+    sink = system.services["sink"]
+    assert sink.process is not None
+    sink.process.send_signal(signal.SIGKILL)
+    sink.wait(10)
+    more = upload_many(system, photos["coffee"], requests=5)  # results produced while the sink is down
+    system.start_service("sink")
+    system.wait_ready()
+    rest = stream_results(system.sink_url, ids, last_event_id=first[-1][0])
+    received = [result["id"] for _, result in first + rest]
+    assert sorted(received) == sorted(ids), "the reconnecting client got exactly what it missed"
+    all_ids = set(ids) | {job["id"] for job in more}
+    lost, duplicated = assert_exactly_once(wait_all_stored(system, all_ids), all_ids)
+    record(output_dir, "sink killed and restarted", images=len(all_ids), faults=1, lost=lost,
+           duplicated=duplicated, sse_events_before=len(first), sse_events_after_resume=len(rest))
+
+
+def test_foreign_and_malformed_records_on_the_images_topic(
+    running_system: System, photos: dict[str, bytes], output_dir: Path
+) -> None:
+    settings = system_settings(running_system)
+    producer = create_producer(settings, "tests")
+    try:
+        for partition in range(settings.topic_partitions):
+            producer.send(settings.topic_images, partition=partition, key=None, value=b"\x00garbage")
+        producer.send(settings.topic_images, key=b"not-an-issued-id", value=b"x", headers=[("schema", b"image/1")])
+        producer.flush(30)
+    finally:
+        producer.close()
+    with httpx.Client(base_url=running_system.api_url, timeout=30) as client:
+        # The partitions keep moving: images uploaded after the garbage are classified.
+        jobs = upload(client, {f"after-{n}.jpg": photos["coffee"] for n in range(12)})
+        for job in jobs:
+            assert wait_by_polling(client, job["result_url"])["label"] == "espresso"
+    record(output_dir, "foreign and malformed records", foreign_records=settings.topic_partitions + 1,
+           good_images_after=len(jobs), lost=0)
+
+
+def test_sigterm_to_every_service_under_load_then_restart(
+    system_factory: Callable[..., System], photos: dict[str, bytes], output_dir: Path
+) -> None:
+    system = system_factory(consumers=2)
+    accepted = {job["id"] for job in upload_many(system, photos["coffee"], requests=50)}  # 200 images
+    started = time.monotonic()
+    codes = system.stop()
+    stop_s = time.monotonic() - started
+    assert all(code == 0 for code in codes.values()), codes
+    assert stop_s < 60, f"stopping took {stop_s:.1f} s"
+    system.start()
+    lost, duplicated = assert_exactly_once(wait_all_stored(system, accepted), accepted)
+    record(output_dir, "SIGTERM to every service under load", images=len(accepted), faults=len(codes),
+           stop_seconds=round(stop_s, 1), exit_codes=codes, lost=lost, duplicated=duplicated)

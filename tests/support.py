@@ -1,0 +1,76 @@
+"""What the end-to-end and fault tests do as a client of a running system: upload, follow, inspect the store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+
+import httpx
+from httpx_sse import connect_sse
+
+from launcher.system import System
+from pipeline_core.settings import PipelineSettings
+
+
+def upload(client: httpx.Client, files: dict[str, bytes]) -> list[dict[str, str]]:
+    """Upload files in one request; assert the 202 and return its jobs."""
+    response = client.post("/v1/images", files=[("file", (name, data)) for name, data in files.items()])
+    assert response.status_code == 202, response.text
+    jobs: list[dict[str, str]] = response.json()["jobs"]
+    assert [job["filename"] for job in jobs] == list(files)
+    return jobs
+
+
+def wait_by_polling(client: httpx.Client, result_url: str, timeout_s: float = 90) -> dict[str, object]:
+    """Poll a result URL until it is done or failed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            response = client.get(result_url)
+        except httpx.TransportError:  # the sink may be restarting in a fault test
+            time.sleep(0.2)
+            continue
+        if response.status_code == 200:
+            body: dict[str, object] = response.json()
+            return body
+        assert response.status_code in (202, 503), response.text
+        time.sleep(0.1)
+    raise AssertionError(f"{result_url} not done within {timeout_s} s")
+
+
+def stream_results(
+    sink_url: str, ids: Iterable[str], last_event_id: str | None = None, limit: int | None = None,
+    timeout_s: float = 120,
+) -> list[tuple[str, dict[str, object]]]:
+    """Read `/v1/events` for these jobs: (event id, result) pairs, until the stream ends or `limit` arrive."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    received: list[tuple[str, dict[str, object]]] = []
+    with httpx.Client(timeout=timeout_s) as client, connect_sse(
+        client, "GET", f"{sink_url}/v1/events?ids={','.join(ids)}", headers=headers
+    ) as source:
+        for event in source.iter_sse():
+            if event.event == "result":
+                received.append((event.id, json.loads(event.data)))
+                if limit is not None and len(received) >= limit:
+                    break
+    return received
+
+
+def system_settings(system: System) -> PipelineSettings:
+    """Pipeline settings naming this system's broker, topics and consumer groups."""
+    env = system.service_env()
+    prefixes = ("TOPIC_", "CONSUMER_GROUP_", "KAFKA_BOOTSTRAP_SERVERS")
+    return PipelineSettings(**{k.lower(): v for k, v in env.items() if k.startswith(prefixes)})
+
+
+def stored_results(system: System) -> dict[str, int]:
+    """Rows per job id in the system's SQLite store, read directly (evidence independent of the HTTP API)."""
+    path = system.service_env()["RESULTS_STORE_URL"].removeprefix("sqlite:///")
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = connection.execute("SELECT job_id, COUNT(*) FROM results GROUP BY job_id").fetchall()
+    finally:
+        connection.close()
+    return {job_id: count for job_id, count in rows}
