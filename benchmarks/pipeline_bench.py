@@ -29,7 +29,7 @@ import psutil
 from PIL import Image
 
 from benchmarks.loadgen import LoadResult, run_open_loop
-from benchmarks.model_bench import _machine, measure_ceiling, measure_preprocessing
+from benchmarks.model_bench import machine_info, measure_ceiling, measure_preprocessing
 from kafka_local import free_port
 from kafka_local.provision import provide_broker
 from launcher.system import System
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     level_s = args.level_seconds or (3.0 if quick else 15.0)
     photos = bench_photos()
-    report: dict[str, Any] = {"machine": _machine(), "level_seconds": level_s, "smoke": quick}
+    report: dict[str, Any] = {"machine": machine_info(), "level_seconds": level_s, "smoke": quick}
 
     report["model"] = measure_model(photos, threads=2, quick=quick)
     ceiling = report["model"]["ceiling_images_per_s"]

@@ -23,7 +23,7 @@ class ConsumerSettings(PipelineSettings):
     model_preprocessing: Literal["efficientnet-lite", "raw", "unit", "caffe"] | None = None
     model_cache_dir: Path = Field(DEFAULT_MODEL_CACHE, description="Where converted .tflite files are cached.")
     model_threads: int = Field(2, ge=1, le=64, description="Threads the model runtime may use.")
-    top_k: int = Field(5, ge=1, le=20)
+    top_k: int = Field(5, ge=1, le=20, description="How many of the best classes each result lists.")
 
     batch_max_size: int = Field(16, ge=1, le=512, description="Most images one poll returns and one model call classifies.")
     batch_max_wait_ms: int = Field(20, ge=0, le=10_000, description="How long a poll waits for images to arrive.")

@@ -27,27 +27,31 @@ class PipelineSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Comma-separated host:port list of the Kafka cluster."
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_client_id_prefix: str = "image-classifier"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to the brokers."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism, with a SASL_* protocol."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    kafka_client_id_prefix: str = Field("image-classifier", description="Start of every Kafka client id.")
     kafka_connect_timeout_s: float = Field(60.0, gt=0, description="How long to retry a broker that is not up yet.")
 
-    topic_images: str = "images"
-    topic_predictions: str = "predictions"
-    topic_dead_letter: str = "images.dead-letter"
-    topic_feedback: str = "feedback"
+    topic_images: str = Field("images", description="Uploaded images, from the API to the consumers.")
+    topic_predictions: str = Field("predictions", description="Results, from the consumers to the sink.")
+    topic_dead_letter: str = Field("images.dead-letter", description="Image records the consumers cannot read.")
+    topic_feedback: str = Field("feedback", description="Users' reports on labels, from the API to the sink.")
     topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions of a topic the services create.")
-    topic_replication_factor: int = Field(1, ge=1, le=10)
-    consumer_group_inference: str = "inference"
-    consumer_group_sink: str = "results-sink"
+    topic_replication_factor: int = Field(1, ge=1, le=10, description="Replicas of a topic the services create.")
+    consumer_group_inference: str = Field("inference", description="Consumer group of the inference consumers.")
+    consumer_group_sink: str = Field("results-sink", description="Consumer group of the results sink.")
 
     max_image_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest accepted upload, per file."
     )
 
-    log_level: LogLevel = "INFO"
+    log_level: LogLevel = Field("INFO", description="Least severe log level printed.")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

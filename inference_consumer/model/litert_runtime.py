@@ -26,14 +26,17 @@ class LiteRTRuntime:
             raise ModelLoadError(f"{model_path}: LiteRT cannot load this model ({e})") from e
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelLoadError(f"{model_path}: expected one input and one output, "
-                                 f"found {len(inputs)} and {len(outputs)}")
+            raise ModelLoadError(
+                f"{model_path}: expected one input and one output, found {len(inputs)} and {len(outputs)}"
+            )
         self._input: dict[str, Any] = inputs[0]
         self._output: dict[str, Any] = outputs[0]
         in_shape, out_shape = self._input["shape_signature"], self._output["shape_signature"]
         if len(in_shape) != 4 or in_shape[3] != 3 or min(in_shape[1:3]) < 1 or len(out_shape) != 2:
-            raise ModelLoadError(f"{model_path}: expected input N x H x W x 3 and output N x classes, "
-                                 f"found {list(in_shape)} and {list(out_shape)}")
+            raise ModelLoadError(
+                f"{model_path}: expected input N x H x W x 3 and output N x classes, "
+                f"found {list(in_shape)} and {list(out_shape)}"
+            )
         self.input_size = (int(in_shape[1]), int(in_shape[2]))
         self.num_classes = int(out_shape[1])
         # A fixed batch dimension cannot be resized safely, so such models run in chunks of that size.
@@ -48,14 +51,22 @@ class LiteRTRuntime:
         with self._lock:
             if self._fixed_batch is None:
                 return as_probabilities(self._invoke(batch))
-            return as_probabilities(np.concatenate([self._invoke_padded(batch[i:i + self._fixed_batch])
-                                                    for i in range(0, len(batch), self._fixed_batch)]))
+            return as_probabilities(
+                np.concatenate(
+                    [
+                        self._invoke_padded(batch[i : i + self._fixed_batch])
+                        for i in range(0, len(batch), self._fixed_batch)
+                    ]
+                )
+            )
 
     def _invoke_padded(self, chunk: np.ndarray) -> np.ndarray:
         assert self._fixed_batch is not None
         missing = self._fixed_batch - len(chunk)
-        padded = np.concatenate([chunk, np.zeros((missing, *chunk.shape[1:]), chunk.dtype)]) if missing else chunk
-        return self._invoke(padded)[:len(chunk)]
+        padded = (
+            np.concatenate([chunk, np.zeros((missing, *chunk.shape[1:]), chunk.dtype)]) if missing else chunk
+        )
+        return self._invoke(padded)[: len(chunk)]
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) != self._batch:
@@ -64,7 +75,8 @@ class LiteRTRuntime:
             self._batch = len(batch)
         self._interpreter.set_tensor(self._input["index"], _quantize(batch, self._input))
         self._interpreter.invoke()
-        return _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+        scores: np.ndarray = self._interpreter.get_tensor(self._output["index"])
+        return _dequantize(scores, self._output)
 
 
 def _quantize(batch: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -75,11 +87,13 @@ def _quantize(batch: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     scale, zero_point = detail["quantization"]
     values = batch / scale + zero_point if scale else batch
     info = np.iinfo(dtype)
-    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    quantized: np.ndarray = np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return quantized
 
 
 def _dequantize(scores: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if scores.dtype.kind == "f":
         return scores
     scale, zero_point = detail["quantization"]
-    return (scores.astype(np.float32) - zero_point) * (scale or 1.0)
+    dequantized: np.ndarray = (scores.astype(np.float32) - zero_point) * (scale or 1.0)
+    return dequantized

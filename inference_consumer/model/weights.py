@@ -10,7 +10,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import numpy as np
 
@@ -61,16 +61,18 @@ class _TensorRef:
     stride: tuple[int, ...]
 
 
-def _rebuild_tensor_v2(storage: object, offset: object, shape: object, stride: object, *_: object) -> _TensorRef:
+def _rebuild_tensor_v2(
+    storage: object, offset: object, shape: object, stride: object, *_: object
+) -> _TensorRef:
     """Our replacement for torch._utils._rebuild_tensor_v2: records the view, allocates nothing."""
     if not isinstance(storage, _StorageRef) or not isinstance(offset, int):
         raise ValueError("malformed tensor record")
-    if not _is_int_tuple(shape) or not _is_int_tuple(stride) or len(shape) != len(stride):
+    if not (_is_int_tuple(shape) and _is_int_tuple(stride) and len(shape) == len(stride)):
         raise ValueError("malformed tensor shape or stride")
     return _TensorRef(storage, offset, shape, stride)
 
 
-def _is_int_tuple(value: object) -> bool:
+def _is_int_tuple(value: object) -> TypeGuard[tuple[int, ...]]:
     return isinstance(value, tuple) and all(isinstance(v, int) and v >= 0 for v in value)
 
 
@@ -104,21 +106,35 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
             return _read(f, path)
     except ModelLoadError:
         raise
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
-            AttributeError, IndexError, struct.error, MemoryError) as e:
+    except (
+        OSError,
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        struct.error,
+        MemoryError,
+    ) as e:
         raise ModelLoadError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from e
 
 
 def _read(f: BinaryIO, path: Path) -> dict[str, np.ndarray]:
     magic, protocol = _load(f, path), _load(f, path)
     if magic != _MAGIC_NUMBER or protocol != _PROTOCOL_VERSION:
-        raise ModelLoadError(f"{path}: not a legacy PyTorch file (magic {magic!r:.40}, protocol {protocol!r:.40})")
+        raise ModelLoadError(
+            f"{path}: not a legacy PyTorch file (magic {magic!r:.40}, protocol {protocol!r:.40})"
+        )
     sys_info = _load(f, path)
     if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
         raise ModelLoadError(f"{path}: only little-endian weights files are supported")
     state = _load(f, path)
     keys = _load(f, path)
-    if not isinstance(state, collections.OrderedDict) or not all(isinstance(t, _TensorRef) for t in state.values()):
+    if not isinstance(state, collections.OrderedDict) or not all(
+        isinstance(t, _TensorRef) for t in state.values()
+    ):
         raise ModelLoadError(f"{path}: the pickle is not a state dict of tensors")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ModelLoadError(f"{path}: malformed storage key list")
@@ -166,11 +182,18 @@ def _view(path: Path, name: str, ref: _TensorRef, storages: dict[str, np.ndarray
     """Materialise one tensor from its storage, honouring offset and strides (the file stores HWIO views)."""
     storage = storages[ref.storage.key]
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True) if n > 0)
-    if ref.offset < 0 or (storage.size and last >= storage.size) or (not storage.size and np.prod(ref.shape) > 0):
+    if (
+        ref.offset < 0
+        or (storage.size and last >= storage.size)
+        or (not storage.size and np.prod(ref.shape) > 0)
+    ):
         raise ModelLoadError(f"{path}: tensor {name} reaches outside its storage")
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[ref.offset:], shape=ref.shape, strides=tuple(s * itemsize for s in ref.stride), writeable=False
+        storage[ref.offset :],
+        shape=ref.shape,
+        strides=tuple(s * itemsize for s in ref.stride),
+        writeable=False,
     )
     return np.ascontiguousarray(view)
 

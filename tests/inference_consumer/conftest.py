@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 from PIL import Image
+from sklearn.datasets import load_sample_images
 
 from inference_consumer.model import ImageClassifier, load_classifier
 from inference_consumer.model.sources import default_weights_path
@@ -24,18 +26,22 @@ def encode(pixels: np.ndarray | Image.Image, fmt: str = "JPEG", **options: objec
 @pytest.fixture(scope="session")
 def photo_pixels() -> dict[str, np.ndarray]:
     """Real photos that ship with scikit-image and scikit-learn, as RGB arrays."""
-    import skimage.data
-    from sklearn.datasets import load_sample_images
-
     china, flower = load_sample_images().images
-    return {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(), "china": china, "flower": flower}
+    return {
+        "chelsea": skimage.data.chelsea(),  # type: ignore[no-untyped-call]
+        "coffee": skimage.data.coffee(),  # type: ignore[no-untyped-call]
+        "china": china,
+        "flower": flower,
+    }
 
 
 @pytest.fixture(scope="session")
 def photos(photo_pixels: dict[str, np.ndarray]) -> dict[str, bytes]:
     """The photos as JPEG (chelsea, china) and PNG (coffee, flower) bytes."""
-    return {name: encode(pixels, "PNG" if name in ("coffee", "flower") else "JPEG", quality=92)
-            for name, pixels in photo_pixels.items()}
+    return {
+        name: encode(pixels, "PNG" if name in ("coffee", "flower") else "JPEG", quality=92)
+        for name, pixels in photo_pixels.items()
+    }
 
 
 @pytest.fixture(scope="session")

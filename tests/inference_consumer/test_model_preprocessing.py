@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import numpy as np
 import pytest
+from keras.applications.resnet50 import preprocess_input
 from PIL import Image
 
 from inference_consumer.model import ImageClassifier
@@ -17,10 +19,15 @@ from inference_consumer.model.preprocessing import (
     preprocess,
 )
 from pipeline_core.errors import ImageDecodeError
-from tests.inference_consumer.conftest import encode
 
 SPEC = EFFICIENTNET_LITE0_SPEC
 WHITE = (255 - 127) / 128
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +43,22 @@ def _grey_as(mode: str, grey: np.ndarray) -> Image.Image:
     return Image.fromarray(grey.astype(np.float32) / 255)  # "F": floats in 0..1
 
 
-@pytest.mark.parametrize(("mode", "fmt"), [("L", "PNG"), ("1", "PNG"), ("P", "PNG"), ("CMYK", "JPEG"),
-                                           ("CMYK", "TIFF"), ("RGB", "WEBP"), ("RGB", "BMP")])
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("L", "PNG"),
+        ("1", "PNG"),
+        ("P", "PNG"),
+        ("CMYK", "JPEG"),
+        ("CMYK", "TIFF"),
+        ("RGB", "WEBP"),
+        ("RGB", "BMP"),
+    ],
+)
 def test_plain_modes_decode(cat: Image.Image, mode: str, fmt: str) -> None:
     pixels = preprocess(encode(cat.convert(mode), fmt), SPEC)
-    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.float32
+    assert pixels.shape == (224, 224, 3)
+    assert pixels.dtype == np.float32
     assert -1.0 <= pixels.min() < pixels.max() <= 1.0
 
 
@@ -60,8 +78,11 @@ def test_transparency_is_composited_on_white(mode: str, fmt: str) -> None:
     converted = image.convert(mode) if mode != "P" else image.convert("P", palette=Image.Palette.ADAPTIVE)
     if mode == "P":
         converted.info["transparency"] = converted.getpixel((0, 299))
-    data = encode(converted, fmt, transparency=converted.info["transparency"]) if mode == "P" \
+    data = (
+        encode(converted, fmt, transparency=converted.info["transparency"])
+        if mode == "P"
         else encode(converted, fmt)
+    )
     pixels = preprocess(data, SPEC)
     np.testing.assert_allclose(pixels[-20:], WHITE)
     assert pixels[:20, :, 1].max() < 0  # the opaque half stays dark in green
@@ -74,15 +95,18 @@ def test_exif_rotation_gives_the_upright_class(cat: Image.Image, litert_classifi
     upright_pixels = preprocess(encode(cat, quality=95), SPEC)
     tagged_pixels = preprocess(encode(rotated, quality=95, exif=exif), SPEC)
     assert np.abs(tagged_pixels - upright_pixels).mean() < 0.03
-    upright, tagged = litert_classifier.classify([encode(cat, quality=95), encode(rotated, quality=95, exif=exif)])
-    assert not isinstance(upright, ImageDecodeError) and not isinstance(tagged, ImageDecodeError)
+    upright, tagged = litert_classifier.classify(
+        [encode(cat, quality=95), encode(rotated, quality=95, exif=exif)]
+    )
+    assert not isinstance(upright, ImageDecodeError)
+    assert not isinstance(tagged, ImageDecodeError)
     assert tagged.top[0].label == upright.top[0].label
 
 
 def test_animated_gif_uses_the_first_frame() -> None:
     frames = [Image.new("RGB", (64, 64), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    assert Image.open(__import__("io").BytesIO(data)).n_frames == 3
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
     pixels = preprocess(data, SPEC)
     np.testing.assert_allclose(pixels[112, 112], [WHITE, -127 / 128, -127 / 128])
 
@@ -100,12 +124,18 @@ def test_non_images(data: bytes) -> None:
 
 
 def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height and whose data is a few bytes: a decompression bomb's shape."""
+    """A PNG whose header claims width x height over a few bytes of data: a decompression bomb."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("side", [10_000, 13_000, 60_000])  # 1.1x, 1.9x and 40x Pillow's limit
@@ -114,7 +144,9 @@ def test_decompression_bomb_is_refused(side: int) -> None:
         preprocess(_png_header_only(side, side), SPEC)
 
 
-def test_jpeg_draft_keeps_top1(photo_pixels: dict[str, np.ndarray], litert_classifier: ImageClassifier) -> None:
+def test_jpeg_draft_keeps_top1(
+    photo_pixels: dict[str, np.ndarray], litert_classifier: ImageClassifier
+) -> None:
     # Photos scaled up 4x so libjpeg's 1/2 or 1/4 draft decoding kicks in.
     for name, pixels in photo_pixels.items():
         image = Image.fromarray(pixels)
@@ -133,8 +165,6 @@ def test_custom_spec_resizes_without_crop() -> None:
 
 
 def test_caffe_scaling_matches_keras_resnet50(cat: Image.Image) -> None:
-    from keras.applications.resnet50 import preprocess_input
-
     data = encode(cat, "PNG")
     resized = np.asarray(cat.resize((224, 224), Image.Resampling.BILINEAR), dtype=np.float32)
     np.testing.assert_allclose(preprocess(data, RESNET50_SPEC), preprocess_input(resized.copy()), atol=1e-4)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from inference_consumer.model import load_classifier
+from inference_consumer.model.efficientnet_lite import build_efficientnet_lite0, load_state_dict
 from inference_consumer.model.weights import read_state_dict
 from pipeline_core.errors import ModelLoadError
 
@@ -27,9 +28,9 @@ class _RunsCommand:
         return os.system, (self.command,)
 
 
-def _legacy_file(path: Path, state: object, keys: object = ()) -> Path:
+def _legacy_file(path: Path, state: object) -> Path:
     with path.open("wb") as f:
-        for obj in (_MAGIC, 1001, _SYS_INFO, state, list(keys)):
+        for obj in (_MAGIC, 1001, _SYS_INFO, state, []):
             pickle.dump(obj, f, protocol=2)
     return path
 
@@ -40,7 +41,8 @@ def test_reads_the_packaged_weights(weights_path: Path) -> None:
     parameters = sum(a.size for k, a in state.items() if not k.endswith("num_batches_tracked"))
     assert parameters == 4_694_024
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
-    assert state["_fc.weight"].dtype == np.float32 and state["_fc.weight"].flags.c_contiguous
+    assert state["_fc.weight"].dtype == np.float32
+    assert state["_fc.weight"].flags.c_contiguous
 
 
 def test_refuses_a_pickle_that_calls_os_system(tmp_path: Path) -> None:
@@ -90,19 +92,16 @@ def test_wrong_magic_number(tmp_path: Path) -> None:
 
 
 def test_shape_mismatch_names_file_and_tensor(tmp_path: Path, weights_path: Path) -> None:
-    from inference_consumer.model.efficientnet_lite import build_efficientnet_lite0, load_state_dict
-
     state = read_state_dict(weights_path)
     state["_blocks.3._project_conv.weight"] = np.zeros((41, 144, 1, 1), np.float32)
-    with pytest.raises(ModelLoadError, match=r"model\.pth: tensor _blocks\.3\._project_conv\.weight has shape"):
+    with pytest.raises(
+        ModelLoadError, match=r"model\.pth: tensor _blocks\.3\._project_conv\.weight has shape"
+    ):
         load_state_dict(build_efficientnet_lite0(), state, Path("model.pth"))
 
 
 def test_missing_tensor_is_named(weights_path: Path) -> None:
-    from inference_consumer.model.efficientnet_lite import build_efficientnet_lite0, load_state_dict
-
     state = read_state_dict(weights_path)
     del state["_bn1.running_var"]
     with pytest.raises(ModelLoadError, match=r"_bn1\.running_var is missing"):
         load_state_dict(build_efficientnet_lite0(), state, weights_path)
-
