@@ -57,8 +57,8 @@ class Timings(_Event):
     received_at: float
     dequeued_at: float
     predicted_at: float
-    preprocess_ms: float
-    inference_ms: float
+    preprocess_ms: float = Field(description="Decoding and resizing the whole batch this image was in.")
+    inference_ms: float = Field(description="The one model call for that batch.")
     batch_size: int
 
 
