@@ -21,10 +21,14 @@ $(STAMP): pyproject.toml
 jars: $(STAMP)  ## fetch Apache Kafka's jars with Maven into ~/.cache (once)
 	@$(PY) -m kafka_local --fetch-only >/dev/null
 
-run: $(STAMP) jars  ## run the whole system: local broker, API :8000, consumers, sink :8001 (Ctrl-C stops)
+run: $(STAMP)  ## run the whole system: local broker, API :8000, consumers, sink :8001 (Ctrl-C stops)
+	@scripts/ensure-system-packages.sh run
+	@$(MAKE) --no-print-directory jars
 	$(PY) -m launcher
 
-test: $(STAMP) jars  ## run the whole test suite against a real broker, model and photos
+test: $(STAMP)  ## run the whole test suite against a real broker, model, photos, PostgreSQL and Chromium
+	@scripts/ensure-system-packages.sh test
+	@$(MAKE) --no-print-directory jars
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## unit tests only (no broker, no model)

@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# inference_consumer: one member of the `inference` consumer group, EfficientNet-Lite0 on LiteRT. No port by default
+# (METRICS_PORT turns on Prometheus metrics). Build from the repository root:
+#   docker build -f docker/inference.Dockerfile -t image-classifier-inference .
+# The model is converted to .tflite at build time, so a container starts in seconds and never runs TensorFlow.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# Stage 1: wheels for the project and its `inference` extra.
+FROM ${PYTHON_IMAGE} AS wheels
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY pipeline_core/ pipeline_core/
+COPY inference_consumer/ inference_consumer/
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[inference]"
+
+# Stage 2: the runtime, installed from those wheels offline; the wheels are mounted, never copied into a layer.
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    MODEL_CACHE_DIR=/opt/model-cache
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app --shell /usr/sbin/nologin app \
+    && install -d -o app -g app -m 0755 /opt/model-cache
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels "kafka-image-classifier[inference]"
+
+USER 10001:10001
+WORKDIR /home/app
+# Prepare the model now: convert the shipped EfficientNet-Lite0 weights to .tflite (TensorFlow, in a child process)
+# and load it once on LiteRT, so a broken model fails the build rather than the first container. The cache is keyed
+# by the weights' sha256, which the consumer recomputes at start and finds here. Keras' and TF's caches go away.
+RUN python -c "from inference_consumer.model import load_classifier; from pathlib import Path; load_classifier(cache_dir=Path('/opt/model-cache'))" \
+    && rm -rf /home/app/.keras /home/app/.cache
+# Exec form: python is PID 1 and receives SIGTERM itself; inference_consumer's handler finishes the batch in hand,
+# commits and leaves the group within SHUTDOWN_GRACE_S (15 s), so give `docker stop` more than that (compose: 30 s).
+CMD ["python", "-m", "inference_consumer"]
