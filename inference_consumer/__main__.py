@@ -47,7 +47,7 @@ def main() -> int:
         logger.error("cannot start: %s", e)
         return 1
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     worker = InferenceWorker(settings, classifier)
     _install_signal_handlers(worker, settings.shutdown_grace_s)
     worker.run()

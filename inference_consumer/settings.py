@@ -29,3 +29,4 @@ class ConsumerSettings(PipelineSettings):
     batch_max_wait_ms: int = Field(20, ge=0, le=10_000, description="How long a poll waits for images to arrive.")
     shutdown_grace_s: float = Field(15.0, gt=0, description="How long SIGTERM waits for the batch in hand.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve /metrics on this port; 0 turns it off.")
+    metrics_host: str = Field("127.0.0.1", description="Address /metrics binds to (0.0.0.0 in a container).")
