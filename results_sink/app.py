@@ -1,0 +1,59 @@
+"""The sink's FastAPI app: a lifespan that opens the store, starts the consumer, and stops both in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anyio import to_thread
+from fastapi import FastAPI
+
+from pipeline_core.web import install_common
+from results_sink.consumer import OnStored, SinkConsumer
+from results_sink.hub import ResultHub
+from results_sink.routes import create_router, health
+from results_sink.settings import SinkSettings
+from results_sink.store import StoredResult, open_store
+
+logger = logging.getLogger(__name__)
+
+
+def _hand_to_hub(loop: asyncio.AbstractEventLoop, hub: ResultHub) -> OnStored:
+    """The consumer thread's callback: the hub lives on the event loop, so hand results over to it."""
+
+    def on_stored(results: list[StoredResult]) -> None:
+        if loop.is_closed():
+            logger.warning("event loop closed; %d stored results not pushed to live streams", len(results))
+            return
+        loop.call_soon_threadsafe(hub.publish, results)
+
+    return on_stored
+
+
+def create_app(settings: SinkSettings) -> FastAPI:
+    """The results sink for these settings; its lifespan runs the consumer thread."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.results_store_url)
+        hub = ResultHub(queue_limit=settings.max_ids_per_stream)
+        consumer = SinkConsumer(settings, store, _hand_to_hub(asyncio.get_running_loop(), hub))
+        app.state.store, app.state.hub, app.state.consumer = store, hub, consumer
+        consumer.start()
+        try:
+            yield
+        finally:
+            # Reverse order: no new results, then no streams waiting for any, then the store.
+            await to_thread.run_sync(consumer.stop)
+            hub.close()
+            store.close()
+            logger.info("results sink stopped")
+
+    app = FastAPI(title="Results sink", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    install_common(app, settings)
+    app.include_router(health)
+    app.include_router(create_router(settings))
+    return app

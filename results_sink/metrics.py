@@ -1,0 +1,13 @@
+"""Prometheus metrics of the results sink (served at `/metrics`)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RESULTS_WRITTEN = Counter("results_written", "Results stored for the first time, by status", ["status"])
+DUPLICATE_RESULTS = Counter("duplicate_results", "Predictions of a job stored already (re-deliveries)")
+UNDECODABLE_RECORDS = Counter("undecodable_records", "Records skipped: no readable event in them", ["kind"])
+FEEDBACK_WRITTEN = Counter("feedback_written", "Feedback reports stored")
+SSE_CLIENTS = Gauge("sse_clients", "Live SSE streams")
+STORE_WRITE_SECONDS = Histogram(
+    "store_write_seconds", "Time to store one polled batch of predictions",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

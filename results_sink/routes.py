@@ -1,0 +1,125 @@
+"""The sink's HTTP routes: results as JSON, results as server-sent events, health and readiness."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from pipeline_core.jobs import is_issued_job_id
+from pipeline_core.web import api_key_guard
+from results_sink.deps import ConsumerDep, HubDep, LastEventIdDep, SettingsDep, StoreDep
+from results_sink.hub import ResultHub
+from results_sink.models import ErrorResponse, HealthResponse, PendingResponse, ReadyResponse, ResultResponse
+from results_sink.settings import SinkSettings
+from results_sink.store import StoredResult
+from results_sink.streams import StreamRequest, stream_response
+
+RETRY_AFTER_S = 5
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+}
+_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = _ERRORS | {
+    200: {"content": {"text/event-stream": {}}, "description": "`result` events, then the stream ends"},
+    204: {"description": "Everything was sent already (Last-Event-ID); an EventSource stops reconnecting"},
+    503: {"model": ErrorResponse},
+}
+
+
+def _unknown_job() -> HTTPException:
+    return HTTPException(404, detail="unknown job id: not one this system's API issued")
+
+
+def _parse_ids(raw: str, limit: int) -> list[str]:
+    """The comma-separated ids of `?ids=`, de-duplicated in order; 400 when empty or too many."""
+    ids = list(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if not ids:
+        raise HTTPException(400, detail=f"ids: give 1 to {limit} comma-separated job ids")
+    if len(ids) > limit:
+        raise HTTPException(400, detail=f"ids: {len(ids)} job ids given; one stream watches at most {limit}")
+    return ids
+
+
+def _check_capacity(hub: ResultHub, settings: SinkSettings) -> None:
+    if hub.subscriber_count >= settings.max_sse_connections:
+        raise HTTPException(
+            503, detail=f"{hub.subscriber_count} live streams, the most this instance serves; retry later",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+def create_router(settings: SinkSettings) -> APIRouter:
+    """The results routes, behind the API-key check when one is configured."""
+    router = APIRouter(prefix="/v1", dependencies=[Depends(api_key_guard(settings))])
+
+    @router.get(
+        "/results/{job_id}", response_model=ResultResponse,
+        responses=_ERRORS | {202: {"model": PendingResponse, "description": "Issued, no result stored yet"}},
+    )
+    def get_result(job_id: str, store: StoreDep, s: SettingsDep) -> ResultResponse | JSONResponse:
+        """One job's result (200), pending (202) or unknown (404)."""
+        stored = store.get(job_id)
+        if stored is not None:
+            return ResultResponse.from_stored(stored)
+        if is_issued_job_id(job_id, s.job_id_key):
+            return JSONResponse(PendingResponse(id=job_id).model_dump(), status_code=202)
+        raise _unknown_job()
+
+    @router.get("/results/{job_id}/events", response_class=Response, responses=_STREAM_RESPONSES)
+    async def job_events(
+        job_id: str, after: LastEventIdDep, store: StoreDep, hub: HubDep, s: SettingsDep
+    ) -> Response:
+        """One `result` event as soon as the job's result is stored (at once if it is), then the end."""
+        stored = await run_in_threadpool(store.get, job_id)
+        if stored is None and not is_issued_job_id(job_id, s.job_id_key):
+            raise _unknown_job()
+        if stored is not None and stored.seq <= after:
+            return Response(status_code=204)
+        _check_capacity(hub, s)
+        return stream_response(StreamRequest([job_id], after), hub, store, s)
+
+    @router.get("/events", response_class=Response, responses=_STREAM_RESPONSES)
+    async def many_events(
+        after: LastEventIdDep, store: StoreDep, hub: HubDep, s: SettingsDep,
+        ids: Annotated[str, Query(description="Comma-separated job ids")] = "",
+    ) -> Response:
+        """Each job's `result` as it is stored (stored ones first, in seq order), then the end."""
+        job_ids = _parse_ids(ids, s.max_ids_per_stream)
+        stored = await run_in_threadpool(store.results_after, job_ids, 0)
+        _check_known(job_ids, stored, s)
+        if len(stored) == len(job_ids) and all(r.seq <= after for r in stored):
+            return Response(status_code=204)
+        _check_capacity(hub, s)
+        return stream_response(StreamRequest(job_ids, after), hub, store, s)
+
+    return router
+
+
+def _check_known(job_ids: list[str], stored: list[StoredResult], settings: SinkSettings) -> None:
+    known = {r.job_id for r in stored}
+    unknown = [i for i in job_ids if i not in known and not is_issued_job_id(i, settings.job_id_key)]
+    if unknown:
+        shown = ", ".join(repr(i[:40]) for i in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise HTTPException(404, detail=f"unknown job ids: {shown}{more}")
+
+
+health = APIRouter()
+
+
+@health.get("/healthz", response_model=HealthResponse)
+def healthz() -> HealthResponse:
+    """The process answers (always 200)."""
+    return HealthResponse()
+
+
+@health.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+def readyz(consumer: ConsumerDep) -> ReadyResponse | JSONResponse:
+    """200 when the consumer works (has partitions, or polled recently), else 503 with the reason."""
+    reason = consumer.not_ready_reason()
+    if reason is None:
+        return ReadyResponse(status="ready")
+    return JSONResponse(ReadyResponse(status="not ready", reason=reason).model_dump(), status_code=503)

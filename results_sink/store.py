@@ -1,0 +1,75 @@
+"""What the sink needs from a results store, whatever keeps the data (SQLite now, PostgreSQL later)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipeline_core.errors import ConfigurationError, PipelineError
+from pipeline_core.events import FeedbackEvent, PredictionEvent, Record
+
+
+class StoreError(PipelineError):
+    """The store could not read or write; the consumer retries the batch, so nothing is lost."""
+
+    retriable = True
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A prediction as stored: `seq` orders results by store time and is the SSE event id."""
+
+    seq: int
+    job_id: str
+    event: PredictionEvent
+    stored_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFeedback:
+    """A user's report as stored."""
+
+    id: int
+    job_id: str | None
+    report: str
+    received_at: float
+    stored_at: float
+
+
+class ResultStore(Protocol):
+    """One record per job; `seq` grows in commit order, which SSE resumption (Last-Event-ID) relies on."""
+
+    def write_batch(self, events: Sequence[PredictionEvent]) -> list[StoredResult]:
+        """Store the events in one transaction; return only the new ones (the first result of a job wins)."""
+        ...
+
+    def get(self, job_id: str) -> StoredResult | None:
+        """The stored result of one job, if any."""
+        ...
+
+    def results_after(self, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
+        """Stored results of these jobs with `seq > after_seq`, in seq order."""
+        ...
+
+    def add_feedback(self, batch: Sequence[Record[FeedbackEvent]]) -> int:
+        """Store reports in one transaction, once per Kafka record; return how many are new."""
+        ...
+
+    def feedback(self, limit: int) -> list[StoredFeedback]:
+        """The newest `limit` reports, newest first."""
+        ...
+
+    def close(self) -> None:
+        """Release every connection; idempotent."""
+        ...
+
+
+def open_store(url: str) -> ResultStore:
+    """The store a `RESULTS_STORE_URL` names, opened and with its schema in place."""
+    if url.startswith("sqlite:///"):
+        # Imported here: the implementation imports this module (and a PostgreSQL one would import psycopg).
+        from results_sink.sqlite_store import SqliteResultStore  # noqa: PLC0415
+
+        return SqliteResultStore.open(url.removeprefix("sqlite:///"))
+    raise ConfigurationError(f"RESULTS_STORE_URL: no store implementation for {url.split(':', 1)[0]!r} yet")
