@@ -85,7 +85,7 @@ class System:
     def start_service(self, name: str) -> Service:
         """(Re)start one service by name: `api`, `sink` or `inference-N`."""
         module = {"api": "producer_api", "sink": "results_sink"}.get(name, "inference_consumer")
-        colour = {"api": 5, "sink": 0}.get(name, int(name.rpartition("-")[2] or 1))
+        colour = {"api": 5, "sink": 0}[name] if name in ("api", "sink") else int(name.rpartition("-")[2])
         service = Service(name, [sys.executable, "-m", module], self._env, colour=colour)
         service.start(self.out)
         self.services[name] = service

@@ -1,0 +1,1 @@
+"""`classify`: uploads images to the system and prints their labels as they come."""
