@@ -22,6 +22,9 @@ def _common(settings: PipelineSettings, role: str) -> dict[str, Any]:
         "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
         "client_id": f"{settings.kafka_client_id_prefix}-{role}-{socket.gethostname()}-{os.getpid()}",
         "security_protocol": settings.kafka_security_protocol,
+        # kafka-python backs off up to 30 s between reconnects by default; a broker that comes back should be
+        # used again within a second.
+        "reconnect_backoff_max_ms": 1000,
     }
     if settings.kafka_sasl_mechanism:
         config["sasl_mechanism"] = settings.kafka_sasl_mechanism
@@ -61,9 +64,9 @@ def create_consumer(
     return KafkaConsumer(**(config | overrides))
 
 
-def create_admin(settings: PipelineSettings, role: str) -> KafkaAdminClient:
+def create_admin(settings: PipelineSettings, role: str, **overrides: Any) -> KafkaAdminClient:
     """An admin client for topic administration and lag queries."""
-    return KafkaAdminClient(**_common(settings, role), request_timeout_ms=10_000)
+    return KafkaAdminClient(**(_common(settings, role) | {"request_timeout_ms": 10_000} | overrides))
 
 
 def wait_for_admin(settings: PipelineSettings, role: str, timeout_s: float | None = None) -> KafkaAdminClient:

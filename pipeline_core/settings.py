@@ -15,6 +15,15 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 RECORD_OVERHEAD_BYTES = 64 * 1024
 
 
+def split_list(value: object) -> object:
+    """A list setting from the environment: a JSON list, or a comma-separated string."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
 class PipelineSettings(BaseSettings):
     """The Kafka connection, topic names and the size limits that topics, producers and consumers must agree on.
 
@@ -103,12 +112,8 @@ class WebSettings(PipelineSettings):
 
     @field_validator("cors_origins", mode="before")
     @classmethod
-    def _comma_separated(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                return json.loads(value)
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
-        return value
+    def _origins_list(cls, value: object) -> object:
+        return split_list(value)
 
     @field_validator("cors_origins")
     @classmethod

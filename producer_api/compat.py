@@ -1,0 +1,182 @@
+"""The original project's routes, kept compatible: GET/POST /, POST /predict, GET/POST /feedback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from pipeline_core.errors import PublishError
+from pipeline_core.events import FeedbackEvent
+from pipeline_core.jobs import is_issued_job_id
+from pipeline_core.web import api_key_guard
+from producer_api import metrics
+from producer_api.deps import Services, ServicesDep
+from producer_api.models import FeedbackAccepted, PredictBody
+from producer_api.pages import PageResult
+from producer_api.results import ResultTimeoutError, ResultUnavailableError
+from producer_api.settings import ApiSettings
+from producer_api.uploads import check_content_length, receive_images, to_events
+from producer_api.validation import UploadRejected
+
+logger = logging.getLogger(__name__)
+
+FEEDBACK_MAX_BODY = 64 * 1024
+RETRY_AFTER = {"Retry-After": "5"}
+SINGLE_FILE: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """One image's outcome on a waiting route: an HTTP status and what to show."""
+
+    status: int
+    filename: str
+    label: str | None = None
+    score: float | None = None
+    error: str | None = None
+    reason: str | None = None
+
+
+async def classify_one(request: Request, services: Services) -> Classified:
+    """Publish the request's one image and wait for its result; every failure becomes a status and reason."""
+    settings = services.settings
+    try:
+        uploads = await receive_images(request, settings, max_files=1)
+    except UploadRejected as e:
+        metrics.UPLOADS_REJECTED.labels(e.error).inc()
+        return Classified(e.status, e.filename or "", error=e.error, reason=e.reason)
+    events = to_events(uploads, settings)
+    started = time.perf_counter()
+    try:
+        await services.publisher.publish(events)
+        metrics.UPLOADS.inc()
+        metrics.UPLOAD_BYTES.observe(len(uploads[0].data))
+        result = await services.waiter.wait(events[0].meta.job_id, settings.predict_timeout_s)
+    except PublishError as e:
+        return Classified(
+            503, uploads[0].filename, error="broker_unavailable", reason=f"Kafka is unavailable: {e}"
+        )
+    except ResultTimeoutError as e:
+        return Classified(504, uploads[0].filename, error="result_timeout", reason=str(e))
+    except ResultUnavailableError as e:
+        return Classified(502, uploads[0].filename, error="results_unavailable", reason=str(e))
+    metrics.PREDICT_ROUNDTRIP_SECONDS.observe(time.perf_counter() - started)
+    return _from_result(result, uploads[0].filename)
+
+
+def _from_result(result: dict[str, Any], filename: str) -> Classified:
+    if result.get("status") != "done" or result.get("label") is None:
+        reason = str(result.get("error") or "the image could not be classified")
+        return Classified(400, filename, error="classification_failed", reason=reason)
+    score = result.get("score")
+    return Classified(
+        200, filename, label=str(result["label"]), score=round(float(score), 4) if score is not None else None
+    )
+
+
+def create_compat_router(settings: ApiSettings) -> APIRouter:
+    """The compatibility routes; uploads and feedback sit behind the API key when one is set."""
+    router = APIRouter(tags=["compatibility"])
+    guarded = [Depends(api_key_guard(settings))]
+
+    @router.get("/", response_class=HTMLResponse, summary="The upload page")
+    async def page(services: ServicesDep) -> HTMLResponse:
+        """The upload page: choose or drop photos, watch their labels arrive."""
+        return HTMLResponse(services.page.render())
+
+    @router.post(
+        "/",
+        response_class=HTMLResponse,
+        dependencies=guarded,
+        openapi_extra=SINGLE_FILE,
+        summary="Classify one image and show the page with its result (no JavaScript needed)",
+    )
+    async def page_upload(request: Request, services: ServicesDep) -> Response:
+        """No file: 302 back to the page, as the original did; otherwise the page with the result."""
+        outcome = await classify_one(request, services)
+        if outcome.error == "no_file":
+            return RedirectResponse("/", status_code=302)
+        shown = PageResult(outcome.filename, outcome.label, outcome.score, outcome.reason)
+        headers = RETRY_AFTER if outcome.status == 503 else None
+        return HTMLResponse(services.page.render(shown), status_code=outcome.status, headers=headers)
+
+    @router.post(
+        "/predict",
+        response_model=PredictBody,
+        dependencies=guarded,
+        openapi_extra=SINGLE_FILE,
+        summary="Classify one image and wait for the label (the original project's API)",
+    )
+    async def predict(request: Request, services: ServicesDep) -> JSONResponse:
+        """`{"success", "prediction", "score"}`: 200, or 400/413/502/503/504 with false/null/null."""
+        outcome = await classify_one(request, services)
+        if outcome.status != 200:
+            if outcome.status >= 500:
+                logger.warning("/predict answered %d: %s", outcome.status, outcome.reason)
+            headers = RETRY_AFTER if outcome.status == 503 else None
+            body = PredictBody(success=False).model_dump()
+            return JSONResponse(body, status_code=outcome.status, headers=headers)
+        return JSONResponse(
+            PredictBody(success=True, prediction=outcome.label, score=outcome.score).model_dump()
+        )
+
+    @router.get("/feedback", response_model=FeedbackAccepted, summary="Does nothing; 200 as in the original")
+    async def feedback_page() -> FeedbackAccepted:
+        """The original answered 200 to GET too."""
+        return FeedbackAccepted()
+
+    @router.post(
+        "/feedback",
+        response_model=FeedbackAccepted,
+        dependencies=guarded,
+        summary="Report a wrong label (form fields `report`, optional `job_id`)",
+    )
+    async def feedback(request: Request, services: ServicesDep) -> JSONResponse:
+        """Publish a non-empty report to the feedback topic; an empty one is accepted and dropped."""
+        try:
+            event = await _feedback_event(request, services.settings)
+            if event is not None:
+                await services.publisher.publish([event])
+        except UploadRejected as e:
+            return JSONResponse(
+                {"success": False, "error": e.error, "reason": e.reason}, status_code=e.status
+            )
+        except PublishError as e:
+            body = {"success": False, "error": "broker_unavailable", "reason": str(e)}
+            return JSONResponse(body, status_code=503, headers=RETRY_AFTER)
+        return JSONResponse(FeedbackAccepted().model_dump())
+
+    return router
+
+
+async def _feedback_event(request: Request, settings: ApiSettings) -> FeedbackEvent | None:
+    check_content_length(request, FEEDBACK_MAX_BODY)
+    form = await request.form(max_files=0, max_fields=8, max_part_size=FEEDBACK_MAX_BODY)
+    report, job_id = form.get("report"), form.get("job_id") or None
+    if not isinstance(report, str) or not report.strip():
+        return None
+    if job_id is not None and not (isinstance(job_id, str) and is_issued_job_id(job_id, settings.job_id_key)):
+        raise UploadRejected(400, "unknown_job", "job_id is not a job this service issued")
+    try:
+        return FeedbackEvent(report=report, job_id=job_id, received_at=time.time())
+    except ValidationError as e:
+        raise UploadRejected(400, "invalid_feedback", f"{e.error_count()} invalid field(s)") from e

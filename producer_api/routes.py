@@ -1,0 +1,79 @@
+"""The upload API proper: POST /v1/images, and the health checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from pipeline_core.web import api_key_guard
+from producer_api import metrics
+from producer_api.deps import ServicesDep
+from producer_api.models import ErrorBody, JobsAccepted, ReadyBody
+from producer_api.settings import ApiSettings
+from producer_api.uploads import receive_images, to_events, to_job
+
+MULTIPART_FILES: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            }
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Bad image, unsupported format, no file, malformed form."},
+    401: {"description": "API key missing or wrong (only when API_KEY is set)."},
+    413: {"model": ErrorBody, "description": "A file or the body is too large, or too many files."},
+    503: {"model": ErrorBody, "description": "Kafka is unavailable; retry after `Retry-After` seconds."},
+}
+
+
+def create_router(settings: ApiSettings) -> APIRouter:
+    """The v1 routes (behind the API key when one is set) and the open health checks."""
+    router = APIRouter()
+    guarded = [Depends(api_key_guard(settings))]
+
+    @router.post(
+        "/v1/images",
+        status_code=202,
+        response_model=JobsAccepted,
+        dependencies=guarded,
+        openapi_extra=MULTIPART_FILES,
+        responses=ERRORS,
+        summary="Upload one or more images for classification",
+    )
+    async def upload_images(request: Request, services: ServicesDep) -> JobsAccepted:
+        """Validate every file, publish one event per file, answer once the broker acknowledged them all."""
+        uploads = await receive_images(request, services.settings, services.settings.max_files_per_request)
+        events = to_events(uploads, services.settings)
+        await services.publisher.publish(events)
+        metrics.UPLOADS.inc(len(uploads))
+        for upload in uploads:
+            metrics.UPLOAD_BYTES.observe(len(upload.data))
+        return JobsAccepted(jobs=[to_job(event, services.settings) for event in events])
+
+    @router.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        """Always 200 while the process serves requests."""
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz", response_model=ReadyBody, responses={503: {"model": ReadyBody}}, summary="Readiness"
+    )
+    async def readyz(services: ServicesDep) -> JSONResponse:
+        """200 when Kafka answers (checked at most once a second), 503 with the reason otherwise."""
+        state = await services.publisher.readiness()
+        body = ReadyBody(ready=state.ok, reason=state.reason).model_dump()
+        return JSONResponse(body, status_code=200 if state.ok else 503)
+
+    return router

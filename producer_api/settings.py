@@ -1,0 +1,87 @@
+"""Settings of the upload API (environment variables, upper-case names)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import NoDecode
+
+from pipeline_core.settings import WebSettings, split_list
+
+ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"]
+
+
+class ApiSettings(WebSettings):
+    """One producer_api instance. Several may run behind a load balancer; they share nothing but Kafka."""
+
+    api_host: str = Field("127.0.0.1", description="Interface the API listens on (0.0.0.0 in a container).")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+    results_public_url: str = Field(
+        "http://localhost:8001",
+        description="The sink's base URL as clients see it; `result_url` and `events_url` start with it.",
+    )
+    results_internal_url: str | None = Field(
+        None,
+        description="The sink's base URL as this API reaches it, for /predict (unset: RESULTS_PUBLIC_URL).",
+    )
+    max_files_per_request: int = Field(
+        16, ge=1, le=256, description="Most images one POST /v1/images may carry."
+    )
+    accepted_formats: Annotated[tuple[ImageFormat, ...], NoDecode] = Field(
+        ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"),
+        description="Accepted image formats (Pillow names), judged from the bytes, never the file name.",
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Largest width x height accepted (decompression bombs).",
+    )
+    predict_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="How long POST /predict waits for a result."
+    )
+    publish_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="How long an upload waits for the broker's acks."
+    )
+    broker_startup_wait_s: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="How long start-up waits for Kafka before serving anyway (not ready), still retrying.",
+    )
+    ready_cache_s: float = Field(1.0, ge=0, le=60, description="How long a /readyz broker check is reused.")
+    shutdown_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="Graceful-shutdown time for requests in flight and the producer's flush.",
+    )
+
+    @field_validator("results_public_url", "results_internal_url")
+    @classmethod
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        name = str(info.field_name).upper()
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError(f"{name}: {value!r} must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("accepted_formats", mode="before")
+    @classmethod
+    def _formats_list(cls, value: object) -> object:
+        items = split_list(value)
+        return [str(item).upper() for item in items] if isinstance(items, list) else items
+
+    @field_validator("accepted_formats")
+    @classmethod
+    def _some_format(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("ACCEPTED_FORMATS: accept at least one image format")
+        return value
+
+    @property
+    def results_url_for_api(self) -> str:
+        """Where /predict reaches the sink."""
+        return self.results_internal_url or self.results_public_url
