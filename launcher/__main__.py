@@ -13,10 +13,8 @@ from pydantic import ValidationError
 from kafka_local.provision import provide_broker
 from launcher.settings import LauncherSettings
 from launcher.system import ServiceDiedError, System
-from pipeline_core.clients import wait_for_admin
 from pipeline_core.errors import PipelineError
 from pipeline_core.logs import configure_logging
-from pipeline_core.topics import ensure_topics, pipeline_topics
 
 logger = logging.getLogger("launcher")
 
@@ -39,7 +37,6 @@ def main() -> int:
             data_dir / "kafka", try_docker=False,
             port=settings.local_kafka_port, controller_port=settings.local_kafka_controller_port,
         ) as (bootstrap, _local):
-            _create_topics(settings, bootstrap)
             system = System(bootstrap, data_dir, settings.api_port, settings.sink_port,
                             settings.inference_consumers, stop_timeout_s=settings.service_stop_timeout_s)
             try:
@@ -50,16 +47,6 @@ def main() -> int:
     except PipelineError as e:
         logger.error("%s", e)
         return 1
-
-
-def _create_topics(settings: LauncherSettings, bootstrap: str) -> None:
-    # Once, before the services start, so that they do not race to create the same topics.
-    connected = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-    admin = wait_for_admin(connected, "launcher")
-    try:
-        ensure_topics(admin, pipeline_topics(connected))
-    finally:
-        admin.close()
 
 
 def _supervise(system: System, stop: threading.Event, started: float) -> int:

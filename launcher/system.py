@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import IO
 
 from launcher.processes import Service
+from pipeline_core.clients import wait_for_admin
 from pipeline_core.errors import PipelineError
+from pipeline_core.settings import PipelineSettings
+from pipeline_core.topics import ensure_topics, pipeline_topics
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +77,31 @@ class System:
         }
 
     def start(self, ready_timeout_s: float = 120) -> None:
-        """Start every service and return once the API and the sink answer `/readyz`."""
+        """Create the topics, start every service, and return once the API and the sink answer `/readyz`."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.create_topics()
         self.start_service("sink")
         for n in range(1, self.consumers + 1):
             self.start_service(f"inference-{n}")
         self.start_service("api")
         self.wait_ready(ready_timeout_s)
+
+    def settings(self) -> PipelineSettings:
+        """The pipeline settings the services read from this system's environment."""
+        names = PipelineSettings.model_fields
+        return PipelineSettings(
+            _env_file=None,  # type: ignore[call-arg]
+            **{k.lower(): v for k, v in self._env.items() if k.lower() in names},
+        )
+
+    def create_topics(self) -> None:
+        """Create the topics once, before the services start, so that they do not race to create them
+        (a consumer that joins before its topic's metadata exists is assigned nothing at first)."""
+        admin = wait_for_admin(self.settings(), "launcher")
+        try:
+            ensure_topics(admin, pipeline_topics(self.settings()))
+        finally:
+            admin.close()
 
     def start_service(self, name: str) -> Service:
         """(Re)start one service by name: `api`, `sink` or `inference-N`."""

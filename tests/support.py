@@ -60,9 +60,7 @@ def stream_results(
 
 def system_settings(system: System) -> PipelineSettings:
     """Pipeline settings naming this system's broker, topics and consumer groups."""
-    env = system.service_env()
-    prefixes = ("TOPIC_", "CONSUMER_GROUP_", "KAFKA_BOOTSTRAP_SERVERS")
-    return PipelineSettings(**{k.lower(): v for k, v in env.items() if k.startswith(prefixes)})
+    return system.settings()
 
 
 def stored_results(system: System) -> dict[str, int]:

@@ -107,7 +107,8 @@ def test_two_consumers_split_the_partitions_and_each_image_is_classified_exactly
     finally:
         admin.close()
     partitions_by_member = [
-        {p for t in m["member_assignment"]["assignment"] for p in t["partitions"]} for m in group["members"]
+        {p for t in m["member_assignment"]["assigned_partitions"] for p in t["partitions"]}
+        for m in group["members"]
     ]
     assert len(partitions_by_member) == 2 and all(partitions_by_member)
     assert partitions_by_member[0].isdisjoint(partitions_by_member[1])
