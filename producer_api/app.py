@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from pipeline_core.errors import PublishError
 from pipeline_core.web import install_common
 from producer_api import metrics
+from producer_api.admission import Admission, OverloadedError
 from producer_api.compat import RETRY_AFTER, create_compat_router
 from producer_api.deps import Services
 from producer_api.models import ErrorBody
@@ -34,11 +35,14 @@ def create_app(settings: ApiSettings, *, sink_transport: httpx.AsyncBaseTranspor
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         waiter = ResultWaiter(settings, sink_transport)
         publisher = Publisher(settings)
-        app.state.services = Services(settings, publisher, waiter, Page())
+        admission = Admission(settings)
+        app.state.services = Services(settings, publisher, waiter, Page(), admission)
         try:
             await publisher.start()
+            admission.start()
             yield
         finally:
+            await admission.stop()
             await publisher.stop()
             await waiter.aclose()
 
@@ -62,6 +66,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         metrics.UPLOADS_REJECTED.labels(exc.error).inc()
         body = ErrorBody(error=exc.error, filename=exc.filename, reason=exc.reason)
         return JSONResponse(body.model_dump(), status_code=exc.status)
+
+    @app.exception_handler(OverloadedError)
+    async def overloaded(_request: Request, exc: OverloadedError) -> JSONResponse:
+        body = ErrorBody(error="overloaded", reason=str(exc))
+        return JSONResponse(body.model_dump(), status_code=429, headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(PublishError)
     async def unavailable(_request: Request, exc: PublishError) -> JSONResponse:

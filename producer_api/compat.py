@@ -16,6 +16,7 @@ from pipeline_core.events import FeedbackEvent
 from pipeline_core.jobs import is_issued_job_id
 from pipeline_core.web import api_key_guard
 from producer_api import metrics
+from producer_api.admission import OverloadedError
 from producer_api.deps import Services, ServicesDep
 from producer_api.models import FeedbackAccepted, PredictBody
 from producer_api.pages import PageResult
@@ -64,6 +65,10 @@ async def classify_one(request: Request, services: Services) -> Classified:
     except UploadRejected as e:
         metrics.UPLOADS_REJECTED.labels(e.error).inc()
         return Classified(e.status, e.filename or "", error=e.error, reason=e.reason)
+    try:
+        services.admission.check(1)
+    except OverloadedError as e:
+        return Classified(429, uploads[0].filename, error="overloaded", reason=str(e))
     events = to_events(uploads, settings)
     started = time.perf_counter()
     try:
@@ -116,7 +121,7 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
         if outcome.error == "no_file":
             return RedirectResponse("/", status_code=302)
         shown = PageResult(outcome.filename, outcome.label, outcome.score, outcome.reason)
-        headers = RETRY_AFTER if outcome.status == 503 else None
+        headers = RETRY_AFTER if outcome.status in (429, 503) else None
         return HTMLResponse(services.page.render(shown), status_code=outcome.status, headers=headers)
 
     @router.post(
@@ -127,12 +132,12 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
         summary="Classify one image and wait for the label (the original project's API)",
     )
     async def predict(request: Request, services: ServicesDep) -> JSONResponse:
-        """`{"success", "prediction", "score"}`: 200, or 400/413/502/503/504 with false/null/null."""
+        """`{"success", "prediction", "score"}`: 200, or 400/413/429/502/503/504 with false/null/null."""
         outcome = await classify_one(request, services)
         if outcome.status != 200:
             if outcome.status >= 500:
                 logger.warning("/predict answered %d: %s", outcome.status, outcome.reason)
-            headers = RETRY_AFTER if outcome.status == 503 else None
+            headers = RETRY_AFTER if outcome.status in (429, 503) else None
             body = PredictBody(success=False).model_dump()
             return JSONResponse(body, status_code=outcome.status, headers=headers)
         return JSONResponse(

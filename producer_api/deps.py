@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from producer_api.admission import Admission
 from producer_api.pages import Page
 from producer_api.publisher import Publisher
 from producer_api.results import ResultWaiter
@@ -21,6 +22,7 @@ class Services:
     publisher: Publisher
     waiter: ResultWaiter
     page: Page
+    admission: Admission
 
 
 def get_services(request: Request) -> Services:

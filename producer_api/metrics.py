@@ -1,6 +1,6 @@
 """Prometheus metrics of the upload API (served at /metrics)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 UPLOADS = Counter("api_uploads", "Images accepted and acknowledged by the broker")
 UPLOADS_REJECTED = Counter("api_uploads_rejected", "Upload requests refused, by reason", ["reason"])
@@ -19,3 +19,4 @@ PREDICT_ROUNDTRIP_SECONDS = Histogram(
     "POST /predict from the publish to the result (compatibility route)",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+BACKLOG = Gauge("api_backlog_images", "Images accepted but not yet classified (the inference group's lag)")

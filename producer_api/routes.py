@@ -34,6 +34,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Bad image, unsupported format, no file, malformed form."},
     401: {"description": "API key missing or wrong (only when API_KEY is set)."},
     413: {"model": ErrorBody, "description": "A file or the body is too large, or too many files."},
+    429: {"model": ErrorBody, "description": "Too many images wait for a consumer; retry after `Retry-After`."},
     503: {"model": ErrorBody, "description": "Kafka is unavailable; retry after `Retry-After` seconds."},
 }
 
@@ -55,6 +56,7 @@ def create_router(settings: ApiSettings) -> APIRouter:
     async def upload_images(request: Request, services: ServicesDep) -> JobsAccepted:
         """Validate every file, publish one event per file, answer once the broker acknowledged them all."""
         uploads = await receive_images(request, services.settings, services.settings.max_files_per_request)
+        services.admission.check(len(uploads))
         events = to_events(uploads, services.settings)
         await services.publisher.publish(events)
         metrics.UPLOADS.inc(len(uploads))

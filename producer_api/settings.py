@@ -38,6 +38,15 @@ class ApiSettings(WebSettings):
         le=1_000_000_000,
         description="Largest width x height accepted (decompression bombs).",
     )
+    max_backlog_images: int = Field(
+        600,
+        ge=0,
+        le=10_000_000,
+        description="Uploads get 429 while this many accepted images wait for a consumer (0: never shed).",
+    )
+    backlog_check_interval_s: float = Field(
+        0.25, gt=0, le=60, description="How often the backlog (the inference group's lag) is measured."
+    )
     predict_timeout_s: float = Field(
         30.0, gt=0, le=600, description="How long POST /predict waits for a result."
     )

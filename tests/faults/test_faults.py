@@ -161,7 +161,9 @@ def test_sigterm_to_every_service_under_load_then_restart(
     started = time.monotonic()
     codes = system.stop()
     stop_s = time.monotonic() - started
-    assert all(code == 0 for code in codes.values()), codes
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so the web services report -15; a service that had
+    # to be killed after its stop timeout would report -9.
+    assert all(code in (0, -signal.SIGTERM) for code in codes.values()), codes
     assert stop_s < 60, f"stopping took {stop_s:.1f} s"
     system.start()
     lost, duplicated = assert_exactly_once(wait_all_stored(system, accepted), accepted)
