@@ -15,7 +15,7 @@ from results_sink.consumer import OnStored, SinkConsumer
 from results_sink.hub import ResultHub
 from results_sink.routes import create_router, health
 from results_sink.settings import SinkSettings
-from results_sink.store import StoredResult, open_store
+from results_sink.store import SharedResultStore, StoredResult, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ def _hand_to_hub(loop: asyncio.AbstractEventLoop, hub: ResultHub) -> OnStored:
     return on_stored
 
 
+def _fed_by_the_store(results: list[StoredResult]) -> None:
+    """The consumer's callback when the store's feed hands every result to the hub (these ones too)."""
+
+
 def create_app(settings: SinkSettings) -> FastAPI:
     """The results sink for these settings; its lifespan runs the consumer thread."""
 
@@ -39,7 +43,15 @@ def create_app(settings: SinkSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.results_store_url)
         hub = ResultHub(queue_limit=settings.max_ids_per_stream)
-        consumer = SinkConsumer(settings, store, _hand_to_hub(asyncio.get_running_loop(), hub))
+        on_stored = _hand_to_hub(asyncio.get_running_loop(), hub)
+        # A shared store (PostgreSQL) feeds the hub with what every replica stores, so the consumer must not
+        # hand its own results over a second time; a local one (SQLite) is fed by the consumer alone.
+        try:
+            feed = store.listen(on_stored) if isinstance(store, SharedResultStore) else None
+        except BaseException:
+            store.close()
+            raise
+        consumer = SinkConsumer(settings, store, on_stored if feed is None else _fed_by_the_store)
         app.state.store, app.state.hub, app.state.consumer = store, hub, consumer
         consumer.start()
         try:
@@ -47,6 +59,8 @@ def create_app(settings: SinkSettings) -> FastAPI:
         finally:
             # Reverse order: no new results, then no streams waiting for any, then the store.
             await to_thread.run_sync(consumer.stop)
+            if feed is not None:
+                await to_thread.run_sync(feed.stop)
             hub.close()
             store.close()
             logger.info("results sink stopped")

@@ -155,6 +155,11 @@ class SinkConsumer:
         """Whether the consumer thread is still alive."""
         return self._thread.is_alive()
 
+    @property
+    def partitions(self) -> frozenset[TopicPartition]:
+        """The partitions this member holds now (empty during a rebalance)."""
+        return self._assignment.partitions
+
     def not_ready_reason(self) -> str | None:
         """None when the consumer is working, else why not (for `/readyz`)."""
         if not self._thread.is_alive():

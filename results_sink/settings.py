@@ -16,7 +16,8 @@ class SinkSettings(WebSettings):
     sink_port: int = Field(8001, ge=1, le=65535, description="Port the sink listens on.")
     results_store_url: str = Field(
         "sqlite:///var/results.db",
-        description="Where results are kept: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`.",
+        description="Where results are kept: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, or "
+        "`postgresql://user:password@host:5432/db` (shared by several sink replicas).",
     )
     sse_ping_interval_s: float = Field(
         15.0, gt=0, le=300, description="A keep-alive comment is sent every this many seconds."
@@ -44,7 +45,7 @@ class SinkSettings(WebSettings):
         if not value.startswith(STORE_SCHEMES) or value in STORE_SCHEMES:
             raise ValueError(
                 f"RESULTS_STORE_URL: {value!r} is not a store URL; use sqlite:///path/to/results.db "
-                "(four slashes for an absolute path)"
+                "(four slashes for an absolute path) or postgresql://user:password@host:5432/db"
             )
         return value
 

@@ -1,10 +1,10 @@
-"""What the sink needs from a results store, whatever keeps the data (SQLite now, PostgreSQL later)."""
+"""What the sink needs from a results store, whatever keeps the data (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pipeline_core.errors import ConfigurationError, PipelineError
 from pipeline_core.events import FeedbackEvent, PredictionEvent, Record
@@ -65,11 +65,39 @@ class ResultStore(Protocol):
         ...
 
 
+class ResultFeed(Protocol):
+    """A running feed of stored results (see `SharedResultStore.listen`)."""
+
+    def stop(self) -> None:
+        """Stop feeding and release the feed's connection; idempotent."""
+        ...
+
+
+@runtime_checkable
+class SharedResultStore(ResultStore, Protocol):
+    """A store several sink replicas share: it tells each of them what any of them stored."""
+
+    def listen(self, on_stored: Callable[[list[StoredResult]], None]) -> ResultFeed:
+        """Hand every result stored from now on, by any replica, to `on_stored` once, in seq order."""
+        ...
+
+
 def open_store(url: str) -> ResultStore:
     """The store a `RESULTS_STORE_URL` names, opened and with its schema in place."""
+    # Imported inside: the implementations import this module, and psycopg is an optional extra (`postgres`).
     if url.startswith("sqlite:///"):
-        # Imported here: the implementation imports this module (and a PostgreSQL one would import psycopg).
         from results_sink.sqlite_store import SqliteResultStore  # noqa: PLC0415
 
         return SqliteResultStore.open(url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from results_sink.postgres_store import PostgresResultStore  # noqa: PLC0415
+        except ImportError as e:
+            if e.name not in ("psycopg", "psycopg_pool"):
+                raise
+            raise ConfigurationError(
+                f"RESULTS_STORE_URL is a PostgreSQL URL but {e.name} is not installed; install the "
+                "`postgres` extra (psycopg[binary,pool])"
+            ) from e
+        return PostgresResultStore.open(url)
     raise ConfigurationError(f"RESULTS_STORE_URL: no store implementation for {url.split(':', 1)[0]!r} yet")

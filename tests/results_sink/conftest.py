@@ -1,4 +1,5 @@
-"""Fixtures for the sink: settings on the test's own topics, a real uvicorn server, and a Kafka producer."""
+"""Fixtures for the sink: settings on the test's own topics, a real uvicorn server, a Kafka producer, and a
+PostgreSQL server (POSTGRES_URL, else a throwaway one) with a fresh database per test."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from kafka import KafkaProducer
+from pg_server import PostgresBinariesMissingError, fresh_database, provide_postgres
 from sink_helpers import SECRET, SinkServer
 
 from pipeline_core.clients import create_producer
@@ -91,3 +93,20 @@ def publish(producer: KafkaProducer, pipeline_settings: PipelineSettings) -> Cal
 def job_id() -> Callable[[], str]:
     """A fresh job id signed with the tests' secret."""
     return lambda: new_job_id(SECRET.encode())
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL of a PostgreSQL server the tests may create databases on; fails (never skips) without one."""
+    try:
+        with provide_postgres() as url:
+            yield url
+    except PostgresBinariesMissingError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database for this test only (NOTIFY channels are per database too)."""
+    with fresh_database(postgres_server) as url:
+        yield url
