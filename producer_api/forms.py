@@ -84,10 +84,12 @@ class _Collector:
         disposition = dict(self._headers).get(b"content-disposition", b"")
         _, options = parse_options_header(disposition)
         name = options.get(b"name", b"").decode(self.charset, "replace")
-        if b"filename" not in options:
+        if name == self.limits.file_field:
+            # A `file` part sent without a filename (some clients omit an empty one) is still an upload: read
+            # as a plain field it would be dropped silently while the rest of the request is accepted.
+            self._start_file(options.get(b"filename", b"").decode(self.charset, "replace"))
+        elif b"filename" not in options:
             self._start_field(name)
-        elif name == self.limits.file_field:
-            self._start_file(options[b"filename"].decode(self.charset, "replace"))
         else:
             self._skip = True  # a file under another name: not ours to read
 
