@@ -86,7 +86,11 @@ class Admission:
                 self._backlog = await asyncio.to_thread(self._measure)
             except (KafkaError, PipelineError) as e:
                 # Fail open: a broker that is down is the publisher's to report (503), not a reason to shed.
+                # Drop the client too, so it does not keep reconnecting to a broker that is gone.
                 logger.debug("backlog not measured: %s", e)
+                admin, self._admin = self._admin, None
+                if admin is not None:
+                    await asyncio.to_thread(admin.close)
             else:
                 drained = before - self._backlog
                 self._drain_per_s = max(0.0, drained / interval) if drained > 0 else self._drain_per_s
