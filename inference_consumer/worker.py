@@ -17,7 +17,7 @@ from inference_consumer import metrics
 from inference_consumer.model import Classification, ImageClassifier
 from inference_consumer.settings import ConsumerSettings
 from pipeline_core.clients import create_consumer, create_producer
-from pipeline_core.errors import DecodeError, ImageDecodeError, PublishError
+from pipeline_core.errors import BrokerUnavailableError, DecodeError, ImageDecodeError, PublishError
 from pipeline_core.events import (
     ImageEvent,
     PredictionEvent,
@@ -100,8 +100,12 @@ class InferenceWorker:
         s = self.settings
         self._producer = create_producer(s, "inference")
         self._consumer = create_consumer(
-            s, "inference", s.consumer_group_inference, max_poll_records=s.batch_max_size
+            s, "inference", s.consumer_group_inference, max_poll_records=s.batch_max_size,
+            # Also the JoinGroup timeout: a member whose join got lost retries after this, not after 5 minutes.
+            # A batch takes well under a second, so 30 s between polls is ample.
+            max_poll_interval_ms=30_000,
         )
+        self._await_topic_metadata(self._consumer)
         self._consumer.subscribe([s.topic_images], listener=_RebalanceLog())
         logger.info(
             "joined group %s on %s; model %s %s on %s, batches of up to %d",
@@ -113,6 +117,15 @@ class InferenceWorker:
                 self._poll_once(self._consumer, self._producer)
         finally:
             self._close()
+
+    def _await_topic_metadata(self, consumer: KafkaConsumer) -> None:
+        # Join only once this member knows the topic's partitions: a group leader without them assigns itself
+        # nothing, and kafka-python 3.0.12 was seen to leave such a member idle until the group evicted it.
+        deadline = time.monotonic() + self.settings.kafka_connect_timeout_s
+        while not consumer.partitions_for_topic(self.settings.topic_images):
+            if time.monotonic() > deadline or self._stopping.is_set():
+                raise BrokerUnavailableError(f"no metadata for topic {self.settings.topic_images}")
+            self._stopping.wait(0.2)
 
     def _poll_once(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
         polled = consumer.poll(timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_size)

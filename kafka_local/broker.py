@@ -96,7 +96,9 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "transaction.state.log.num.partitions": "1",
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
-        "group.initial.rebalance.delay.ms": "0",
+        # Members that start together join one generation: kafka-python 3.0.12 was seen to lose a JoinGroup
+        # sent while the first generation formed, leaving that member idle (Kafka's own default is 3000).
+        "group.initial.rebalance.delay.ms": "1000",
         "group.min.session.timeout.ms": "1000",
         # The cleaner wants a 128 MiB buffer on a small heap and compacts nothing we write.
         "log.cleaner.enable": "false",

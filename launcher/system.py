@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from kafka import KafkaAdminClient
+
 from launcher.processes import Service
 from pipeline_core.clients import wait_for_admin
 from pipeline_core.errors import PipelineError
@@ -113,14 +115,25 @@ class System:
         return service
 
     def wait_ready(self, timeout_s: float = 120) -> None:
-        """Block until the API and the sink are ready; raise if a service dies or time runs out."""
+        """Block until the sink and the API are ready and every consumer holds partitions of a stable group."""
         deadline = time.monotonic() + timeout_s
         for url in (f"{self.sink_url}/readyz", f"{self.api_url}/readyz"):
             while not _answers_200(url):
-                self.check_alive()
-                if time.monotonic() > deadline:
-                    raise ServiceDiedError(f"{url} not ready within {timeout_s:.0f} s")
-                time.sleep(0.2)
+                self._wait_a_little(deadline, f"{url} not ready within {timeout_s:.0f} s")
+        consumers = sum(1 for name, s in self.services.items() if name.startswith("inference-") and s.running)
+        if consumers:
+            admin = wait_for_admin(self.settings(), "launcher")
+            try:
+                while _group_members_with_partitions(admin, self.settings().consumer_group_inference) < consumers:
+                    self._wait_a_little(deadline, f"the {consumers} consumers did not join within {timeout_s:.0f} s")
+            finally:
+                admin.close()
+
+    def _wait_a_little(self, deadline: float, message: str) -> None:
+        self.check_alive()
+        if time.monotonic() > deadline:
+            raise ServiceDiedError(message)
+        time.sleep(0.2)
 
     def check_alive(self) -> None:
         """Raise `ServiceDiedError` naming the first service that has exited."""
@@ -141,6 +154,17 @@ class System:
             for service in group:
                 codes[service.name] = service.wait(self.stop_timeout_s)
         return codes
+
+
+def _group_members_with_partitions(admin: KafkaAdminClient, group_id: str) -> int:
+    """Members of a stable consumer group that hold at least one partition (0 while it rebalances)."""
+    group = admin.describe_groups([group_id]).get(group_id, {})
+    if group.get("group_state") != "Stable":
+        return 0
+    return sum(
+        1 for member in group.get("members", [])
+        if any(t["partitions"] for t in (member.get("member_assignment") or {}).get("assigned_partitions", []))
+    )
 
 
 def _answers_200(url: str) -> bool:

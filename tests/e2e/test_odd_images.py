@@ -24,7 +24,7 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
 def odd_versions(photo: bytes) -> dict[str, bytes]:
     """The same photo as CMYK, 16-bit, palette, alpha, animated and EXIF-rotated files."""
     rgb = Image.open(io.BytesIO(photo)).convert("RGB")
-    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257), mode="I;16")
+    grey16 = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
     rgba = rgb.convert("RGBA")
     rgba.putalpha(255)
     frames = [rgb.convert("P", palette=Image.Palette.ADAPTIVE), Image.new("P", rgb.size)]
