@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-fast bench bench-smoke lint typecheck jars clean
+.PHONY: help run test test-fast bench lint typecheck jars clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ test: $(STAMP)  ## run the whole test suite against a real broker, model, photos
 test-fast: $(STAMP)  ## unit tests only (no broker, no model)
 	$(PY) -m pytest -m "not slow" tests/pipeline_core $(PYTEST_ARGS)
 
-bench: $(STAMP) jars  ## measure the pipeline against the model's own ceiling; writes docs/benchmarks/
+bench: $(STAMP) jars  ## measure the pipeline against the model's own ceiling; writes docs/benchmarks/ (~6 min)
 	$(PY) -m benchmarks.pipeline_bench
 
 lint: $(STAMP)  ## ruff

@@ -135,3 +135,27 @@ async def run_open_loop(
         await asyncio.gather(*tasks)
         result.wall_s = time.monotonic() - start
     return result
+
+
+async def run_closed_loop(
+    api_url: str, sink_url: str, photos: Sequence[tuple[str, bytes]], clients: int, duration_s: float,
+    files_per_request: int = 4, result_timeout_s: float = 60.0, api_key: str | None = None,
+) -> LoadResult:
+    """`clients` users that each upload, wait for their results, and upload again: the sustained throughput
+    with a queue that never runs dry and never grows past `clients * files_per_request` images."""
+    result = LoadResult(0.0, duration_s)
+    headers = {"X-API-Key": api_key} if api_key else {}
+    cycle = itertools.cycle(photos)
+    limits = httpx.Limits(max_connections=4 * clients, max_keepalive_connections=4 * clients)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(result_timeout_s, connect=10), limits=limits) as client:
+        start = time.monotonic()
+
+        async def user() -> None:
+            while time.monotonic() - start < duration_s:
+                files = [next(cycle) for _ in range(files_per_request)]
+                await _one_request(client, api_url, sink_url, files, result, result_timeout_s, headers)
+
+        await asyncio.gather(*(user() for _ in range(clients)))
+        result.wall_s = time.monotonic() - start
+    result.offered_images_per_s = len(result.jobs) / result.wall_s if result.wall_s else 0.0
+    return result

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 from PIL import Image
 
-from benchmarks.loadgen import LoadResult, run_open_loop
+from benchmarks.loadgen import LoadResult, run_closed_loop, run_open_loop
 from benchmarks.model_bench import machine_info, measure_ceiling, measure_preprocessing
 from kafka_local import free_port
 from kafka_local.provision import provide_broker
@@ -157,10 +157,16 @@ def summarise(load: LoadResult, cpu: dict[str, float]) -> dict[str, Any]:
 
 
 def run_level(system: System, meter: CpuMeter, photos: Sequence[tuple[str, bytes]], rate: float,
-              duration_s: float, files_per_request: int) -> dict[str, Any]:
-    """Offer one load level and summarise it."""
+              duration_s: float, files_per_request: int, closed_loop_clients: int = 0) -> dict[str, Any]:
+    """Offer one load level (open loop at `rate`, or `closed_loop_clients` users) and summarise it."""
     meter.start()
-    load = asyncio.run(run_open_loop(system.api_url, system.sink_url, photos, rate, duration_s, files_per_request))
+    if closed_loop_clients:
+        load = asyncio.run(run_closed_loop(
+            system.api_url, system.sink_url, photos, closed_loop_clients, duration_s, files_per_request
+        ))
+        rate = load.offered_images_per_s
+    else:
+        load = asyncio.run(run_open_loop(system.api_url, system.sink_url, photos, rate, duration_s, files_per_request))
     summary = summarise(load, meter.stop())
     logger.info(
         "offered %.0f img/s: completed %.1f img/s, p50 %s ms, p99 %s ms, shed %d, errors %d, timed out %d",
@@ -200,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--level-seconds", type=float, default=None)
     args = parser.parse_args(argv)
     configure_logging("INFO")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would load the load generator
     quick = args.smoke
     output = args.output or (Path(tempfile.mkdtemp(prefix="bench-")) if quick else OUTPUT_DIR)
     output.mkdir(parents=True, exist_ok=True)
@@ -220,11 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["scaling"] = []
         best: tuple[float, Config] | None = None
         for config in configs:
-            system, ready_s = start_system(bootstrap, work, config, output if not quick else work)
+            system, ready_s = start_system(bootstrap, work, config, work)
             try:
                 warm_up(system, photos)
                 meter = CpuMeter(system, broker_pid)
-                level = run_level(system, meter, photos, ceiling * 1.5, level_s, 4)
+                # Saturation: users that keep 32 images in the queue, so it never runs dry nor overflows.
+                level = run_level(system, meter, photos, 0, level_s, 4, closed_loop_clients=8)
                 level["config"] = config.name
                 level["ready_s"] = ready_s
                 level["peak_rss_mb"] = dict(meter.peak_rss_mb)
@@ -237,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         saturation, config = best
         report["best_config"] = config.name
         report["saturation_images_per_s"] = saturation
-        system, ready_s = start_system(bootstrap, work, config, output if not quick else work)
+        system, ready_s = start_system(bootstrap, work, config, work)
         report["ready_s"] = ready_s
         try:
             warm_up(system, photos)

@@ -12,7 +12,6 @@ import logging
 import math
 
 from kafka import KafkaAdminClient
-from kafka.errors import KafkaError
 
 from pipeline_core.clients import create_admin
 from pipeline_core.errors import PipelineError
@@ -74,28 +73,33 @@ class Admission:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        admin, self._admin = self._admin, None
-        if admin is not None:
-            await asyncio.to_thread(admin.close)
+        await self._drop_admin()
 
     async def _measure_forever(self) -> None:
         interval = self._settings.backlog_check_interval_s
+        failures = 0
         while True:
             before = self._backlog
             try:
                 self._backlog = await asyncio.to_thread(self._measure)
-            except (KafkaError, PipelineError) as e:
+            except Exception as e:  # noqa: BLE001 - this loop must outlive any failure, or shedding stops silently
                 # Fail open: a broker that is down is the publisher's to report (503), not a reason to shed.
-                # Drop the client too, so it does not keep reconnecting to a broker that is gone.
-                logger.debug("backlog not measured: %s", e)
-                admin, self._admin = self._admin, None
-                if admin is not None:
-                    await asyncio.to_thread(admin.close)
+                failures += 1
+                log = logger.warning if failures in (1, 10) or failures % 100 == 0 else logger.debug
+                log("backlog not measured (%d in a row): %s: %s", failures, type(e).__name__, e)
+                await self._drop_admin()
             else:
+                failures = 0
                 drained = before - self._backlog
                 self._drain_per_s = max(0.0, drained / interval) if drained > 0 else self._drain_per_s
                 metrics.BACKLOG.set(self._backlog)
             await asyncio.sleep(interval)
+
+    async def _drop_admin(self) -> None:
+        # A fresh client next time, rather than one that keeps reconnecting to a broker that is gone.
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await asyncio.to_thread(admin.close)
 
     def _measure(self) -> int:
         s = self._settings

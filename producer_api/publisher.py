@@ -22,7 +22,7 @@ from kafka.errors import KafkaError
 from pipeline_core.errors import BrokerUnavailableError, PipelineError, PublishError
 from pipeline_core.events import FeedbackEvent, ImageEvent, encode_feedback, encode_image
 from producer_api import metrics
-from producer_api.broker import Connection, connect, probe
+from producer_api.broker import Connection, any_port_open, connect, probe
 from producer_api.settings import ApiSettings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class _Acks:
         self.loop = loop
         self.pending = expected
         self.done: asyncio.Future[None] = loop.create_future()
+        # A request that gave up early no longer awaits this; a late error must not be reported as unretrieved.
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def on_ack(self, _metadata: Any) -> None:  # kafka-python's sender thread
         if not self.loop.is_closed():
@@ -70,6 +72,9 @@ def _encode(event: ImageEvent | FeedbackEvent, settings: ApiSettings) -> OutReco
     if isinstance(event, ImageEvent):
         return (settings.topic_images, *encode_image(event))
     return (settings.topic_feedback, *encode_feedback(event))
+
+
+ACK_PATIENCE_S = 1.0
 
 
 class Publisher:
@@ -187,8 +192,7 @@ class Publisher:
                 producer.send(topic, key=key, value=value, headers=headers).add_callback(
                     acks.on_ack
                 ).add_errback(acks.on_error)
-            async with asyncio.timeout(self._settings.publish_timeout_s):
-                await acks.done
+            await self._await_acks(acks)
         except TimeoutError as e:
             self._set_state(False, f"no broker ack within {self._settings.publish_timeout_s:.0f} s")
             raise PublishError(self._state.reason) from e
@@ -196,6 +200,16 @@ class Publisher:
             self._set_state(False, f"publish failed: {e}")
             raise PublishError(self._state.reason) from e
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _await_acks(self, acks: _Acks) -> None:
+        """Wait for the acks; if none came within a second and no broker even listens, fail now, not at the
+        end of `publish_timeout_s` (a stopped broker is answered 503 in about a second)."""
+        async with asyncio.timeout(self._settings.publish_timeout_s):
+            done, _ = await asyncio.wait({acks.done}, timeout=ACK_PATIENCE_S)
+            if not done and not await asyncio.to_thread(any_port_open, self._settings.kafka_bootstrap_servers):
+                self._set_state(False, f"no broker listening at {self._settings.kafka_bootstrap_servers}")
+                raise PublishError(self._state.reason)
+            await acks.done
 
     async def stop(self) -> None:
         """Stop connecting, let a probe finish, flush and close the producer. Safe to call twice."""

@@ -55,6 +55,7 @@ def create_router(settings: ApiSettings) -> APIRouter:
     )
     async def upload_images(request: Request, services: ServicesDep) -> JobsAccepted:
         """Validate every file, publish one event per file, answer once the broker acknowledged them all."""
+        services.admission.check(1)  # before reading the body: shedding must cost next to nothing
         uploads = await receive_images(request, services.settings, services.settings.max_files_per_request)
         services.admission.check(len(uploads))
         events = to_events(uploads, services.settings)
