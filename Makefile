@@ -41,7 +41,7 @@ lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .
 
 typecheck: $(STAMP)  ## mypy --strict
-	$(PY) -m mypy pipeline_core kafka_local
+	$(PY) -m mypy pipeline_core kafka_local producer_api results_sink inference_consumer classify_cli launcher
 
 clean:  ## remove the virtual environment and caches (the Kafka jars stay in ~/.cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

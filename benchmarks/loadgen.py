@@ -65,8 +65,13 @@ class LoadResult:
         return [j for j in self.jobs if j.result_at is not None]
 
 
-async def _follow(client: httpx.AsyncClient, sink_url: str, jobs: dict[str, JobTiming], timeout_s: float,
-                  headers: dict[str, str]) -> int:
+async def _follow(
+    client: httpx.AsyncClient,
+    sink_url: str,
+    jobs: dict[str, JobTiming],
+    timeout_s: float,
+    headers: dict[str, str],
+) -> int:
     """Stream the jobs' results; return how many did not arrive in time."""
     url = f"{sink_url}/v1/events?ids={','.join(jobs)}"
     try:
@@ -85,8 +90,15 @@ async def _follow(client: httpx.AsyncClient, sink_url: str, jobs: dict[str, JobT
     return sum(1 for j in jobs.values() if j.result_at is None)
 
 
-async def _one_request(client: httpx.AsyncClient, api_url: str, sink_url: str, files: Sequence[tuple[str, bytes]],
-                       result: LoadResult, timeout_s: float, headers: dict[str, str]) -> None:
+async def _one_request(
+    client: httpx.AsyncClient,
+    api_url: str,
+    sink_url: str,
+    files: Sequence[tuple[str, bytes]],
+    result: LoadResult,
+    timeout_s: float,
+    headers: dict[str, str],
+) -> None:
     sent_at = time.time()
     try:
         response = await client.post(
@@ -111,8 +123,14 @@ async def _one_request(client: httpx.AsyncClient, api_url: str, sink_url: str, f
 
 
 async def run_open_loop(
-    api_url: str, sink_url: str, photos: Sequence[tuple[str, bytes]], images_per_s: float, duration_s: float,
-    files_per_request: int = 4, result_timeout_s: float = 60.0, api_key: str | None = None,
+    api_url: str,
+    sink_url: str,
+    photos: Sequence[tuple[str, bytes]],
+    images_per_s: float,
+    duration_s: float,
+    files_per_request: int = 4,
+    result_timeout_s: float = 60.0,
+    api_key: str | None = None,
 ) -> LoadResult:
     """Offer `images_per_s` for `duration_s`, then wait for every accepted image's result."""
     result = LoadResult(images_per_s, duration_s)
@@ -120,7 +138,9 @@ async def run_open_loop(
     interval = files_per_request / images_per_s
     cycle = itertools.cycle(photos)
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(result_timeout_s, connect=10), limits=limits) as client:
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(result_timeout_s, connect=10), limits=limits
+    ) as client:
         tasks: list[asyncio.Task[None]] = []
         start = time.monotonic()
         for n in itertools.count():
@@ -129,17 +149,25 @@ async def run_open_loop(
                 break
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             files = [next(cycle) for _ in range(files_per_request)]
-            tasks.append(asyncio.create_task(
-                _one_request(client, api_url, sink_url, files, result, result_timeout_s, headers)
-            ))
+            tasks.append(
+                asyncio.create_task(
+                    _one_request(client, api_url, sink_url, files, result, result_timeout_s, headers)
+                )
+            )
         await asyncio.gather(*tasks)
         result.wall_s = time.monotonic() - start
     return result
 
 
 async def run_closed_loop(
-    api_url: str, sink_url: str, photos: Sequence[tuple[str, bytes]], clients: int, duration_s: float,
-    files_per_request: int = 4, result_timeout_s: float = 60.0, api_key: str | None = None,
+    api_url: str,
+    sink_url: str,
+    photos: Sequence[tuple[str, bytes]],
+    clients: int,
+    duration_s: float,
+    files_per_request: int = 4,
+    result_timeout_s: float = 60.0,
+    api_key: str | None = None,
 ) -> LoadResult:
     """`clients` users that each upload, wait for their results, and upload again: the sustained throughput
     with a queue that never runs dry and never grows past `clients * files_per_request` images."""
@@ -147,7 +175,9 @@ async def run_closed_loop(
     headers = {"X-API-Key": api_key} if api_key else {}
     cycle = itertools.cycle(photos)
     limits = httpx.Limits(max_connections=4 * clients, max_keepalive_connections=4 * clients)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(result_timeout_s, connect=10), limits=limits) as client:
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(result_timeout_s, connect=10), limits=limits
+    ) as client:
         start = time.monotonic()
 
         async def user() -> None:

@@ -124,9 +124,9 @@ def _no_draft_ms(classifier: ImageClassifier, data: bytes, repeats: int = 10) ->
 
 def _write_images(image_dir: Path) -> None:
     """The four offline test photos as JPEG files, plus one 12-megapixel JPEG, for the workers to read."""
-    import skimage.data  # noqa: PLC0415 - kept out of the workers so it does not count in their memory
-    from PIL import Image  # noqa: PLC0415
-    from sklearn.datasets import load_sample_images  # noqa: PLC0415
+    import skimage.data
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
 
     photos = [skimage.data.chelsea(), skimage.data.coffee(), *load_sample_images().images]  # type: ignore[no-untyped-call]
     for index, pixels in enumerate(photos):
@@ -242,10 +242,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib  # noqa: PLC0415 - only the report needs it
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in report["runtimes"].items():

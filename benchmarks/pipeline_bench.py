@@ -15,7 +15,7 @@ import asyncio
 import io
 import json
 import logging
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +49,8 @@ class Config:
 
     @property
     def name(self) -> str:
-        return f"{self.consumers} consumer{'s' if self.consumers > 1 else ''} x {self.threads} thread{'s' if self.threads > 1 else ''}"
+        consumers = f"{self.consumers} consumer{'s' if self.consumers > 1 else ''}"
+        return f"{consumers} x {self.threads} thread{'s' if self.threads > 1 else ''}"
 
 
 def bench_photos() -> list[tuple[str, bytes]]:
@@ -77,7 +78,7 @@ def measure_model(photos: Sequence[tuple[str, bytes]], threads: int, quick: bool
 
     classifier = load_classifier(cache_dir=DEFAULT_MODEL_CACHE, num_threads=threads)
     images = [data for _, data in photos]
-    ceiling = measure_ceiling(classifier, images, (1, 8, 16), runs=3 if quick else 7)
+    ceiling = measure_ceiling(classifier, images, (1, 4, 16), runs=3 if quick else 7)
     rows = np.stack([classifier.preprocess(d) for d in images])
     calls = 40 if quick else 200
     cpu_before = psutil.Process().cpu_times()
@@ -149,41 +150,101 @@ def summarise(load: LoadResult, cpu: dict[str, float]) -> dict[str, Any]:
         "errors": len(load.errors),
         "error_samples": load.errors[:5],
         "timed_out": load.timed_out,
-        "round_trip_ms": {f"p{q}": ms(percentile(trips, q)) for q in (50, 95, 99)} | {"max": ms(max(trips, default=None))},
-        "hops_ms": {hop: {"p50": ms(percentile(v, 50)), "p99": ms(percentile(v, 99))} for hop, v in hops.items()},
+        "round_trip_ms": {f"p{q}": ms(percentile(trips, q)) for q in (50, 95, 99)}
+        | {"max": ms(max(trips, default=None))},
+        "hops_ms": {
+            hop: {"p50": ms(percentile(v, 50)), "p99": ms(percentile(v, 99))} for hop, v in hops.items()
+        },
         "cpu_s_per_image": {name: (seconds / len(done) if done else None) for name, seconds in cpu.items()},
         "wall_s": load.wall_s,
     }
 
 
-def run_level(system: System, meter: CpuMeter, photos: Sequence[tuple[str, bytes]], rate: float,
-              duration_s: float, files_per_request: int, closed_loop_clients: int = 0) -> dict[str, Any]:
-    """Offer one load level (open loop at `rate`, or `closed_loop_clients` users) and summarise it."""
+def run_level(
+    system: System,
+    meter: CpuMeter,
+    photos: Sequence[tuple[str, bytes]],
+    rate: float,
+    duration_s: float,
+    files_per_request: int,
+    closed_loop_clients: int = 0,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Offer one load level (open loop at `rate`, or `closed_loop_clients` users) and summarise it;
+    with `profile_dir`, py-spy samples each service meanwhile and writes a flame graph per service."""
+    profilers = start_profilers(system, profile_dir, duration_s) if profile_dir else []
     meter.start()
     if closed_loop_clients:
-        load = asyncio.run(run_closed_loop(
-            system.api_url, system.sink_url, photos, closed_loop_clients, duration_s, files_per_request
-        ))
+        load = asyncio.run(
+            run_closed_loop(
+                system.api_url, system.sink_url, photos, closed_loop_clients, duration_s, files_per_request
+            )
+        )
         rate = load.offered_images_per_s
     else:
-        load = asyncio.run(run_open_loop(system.api_url, system.sink_url, photos, rate, duration_s, files_per_request))
+        load = asyncio.run(
+            run_open_loop(system.api_url, system.sink_url, photos, rate, duration_s, files_per_request)
+        )
     summary = summarise(load, meter.stop())
+    for profiler in profilers:
+        profiler.wait(timeout=60)
     logger.info(
         "offered %.0f img/s: completed %.1f img/s, p50 %s ms, p99 %s ms, shed %d, errors %d, timed out %d",
-        rate, summary["completed_images_per_s"], summary["round_trip_ms"]["p50"], summary["round_trip_ms"]["p99"],
-        summary["rejected"], summary["errors"], summary["timed_out"],
+        rate,
+        summary["completed_images_per_s"],
+        summary["round_trip_ms"]["p50"],
+        summary["round_trip_ms"]["p99"],
+        summary["rejected"],
+        summary["errors"],
+        summary["timed_out"],
     )
     return summary
+
+
+def start_profilers(system: System, profile_dir: Path, duration_s: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy flame graphs of the API, the first consumer and the sink over the coming level."""
+    import shutil
+
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    profilers = []
+    for name in ("api", "inference-1", "sink"):
+        process = system.services[name].process
+        assert process is not None
+        profilers.append(
+            subprocess.Popen(
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(process.pid),
+                    "--duration",
+                    str(max(1, int(duration_s) - 2)),
+                    "--rate",
+                    "200",
+                    "--nonblocking",
+                    "--output",
+                    str(profile_dir / f"{name}.svg"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return profilers
 
 
 def start_system(bootstrap: str, work: Path, config: Config, log_dir: Path) -> tuple[System, float]:
     """A whole system with `config`'s consumers; returns it and its seconds from launch to ready."""
     name = f"bench-{config.consumers}x{config.threads}-{int(time.time())}"
     env = {
-        "MODEL_THREADS": str(config.threads), "LOG_LEVEL": "WARNING",
-        "TOPIC_IMAGES": f"{name}-images", "TOPIC_PREDICTIONS": f"{name}-predictions",
-        "TOPIC_DEAD_LETTER": f"{name}-dead-letter", "TOPIC_FEEDBACK": f"{name}-feedback",
-        "CONSUMER_GROUP_INFERENCE": f"{name}-inference", "CONSUMER_GROUP_SINK": f"{name}-sink",
+        "MODEL_THREADS": str(config.threads),
+        "LOG_LEVEL": "WARNING",
+        "TOPIC_IMAGES": f"{name}-images",
+        "TOPIC_PREDICTIONS": f"{name}-predictions",
+        "TOPIC_DEAD_LETTER": f"{name}-dead-letter",
+        "TOPIC_FEEDBACK": f"{name}-feedback",
+        "CONSUMER_GROUP_INFERENCE": f"{name}-inference",
+        "CONSUMER_GROUP_SINK": f"{name}-sink",
     }
     log = (log_dir / f"{name}.log").open("w")
     system = System(bootstrap, work / name, free_port(), free_port(), config.consumers, env=env, out=log)
@@ -200,9 +261,15 @@ def warm_up(system: System, photos: Sequence[tuple[str, bytes]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a short run for CI, written to a temporary folder")
-    parser.add_argument("--output", type=Path, default=None, help=f"where to write results (default {OUTPUT_DIR})")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a short run for CI, written to a temporary folder"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, help=f"where to write results (default {OUTPUT_DIR})"
+    )
     parser.add_argument("--level-seconds", type=float, default=None)
     args = parser.parse_args(argv)
     configure_logging("INFO")
@@ -223,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker_started = time.monotonic()
         bootstrap, local = stack.enter_context(provide_broker(work / "kafka", try_docker=False))
         report["broker_start_s"] = time.monotonic() - broker_started
-        broker_pid = local._process.pid if local is not None and local._process is not None else None  # noqa: SLF001
+        broker_pid = local._process.pid if local is not None and local._process is not None else None
         report["scaling"] = []
         best: tuple[float, Config] | None = None
         for config in configs:
@@ -253,7 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             fractions = (0.5, 2.0) if quick else (0.25, 0.5, 0.75, 1.0, 1.25, 2.0)
             report["sweep"] = []
             for fraction in fractions:
-                level = run_level(system, meter, photos, saturation * fraction, level_s, 4)
+                profile = output / "profiles" if fraction == 1.0 and not quick else None
+                level = run_level(
+                    system, meter, photos, saturation * fraction, level_s, 4, profile_dir=profile
+                )
                 level["fraction_of_saturation"] = fraction
                 report["sweep"].append(level)
             report["peak_rss_mb"] = dict(meter.peak_rss_mb)

@@ -38,6 +38,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Model CPU per image: {model['model_cpu_s_per_image'] * 1000:.1f} ms (batch 1); preprocessing "
         f"{model['preprocess_ms_per_image']:.2f} ms per image on top, counted in the consumers' share below.",
+        "Model-only images/s by batch size: "
+        + ", ".join(f"batch {b}: {v['images_per_s']:.0f}" for b, v in model["batch_sizes"].items())
+        + ".",
         f"Broker start: {report['broker_start_s']:.1f} s; system start to ready (broker up, model cached): "
         f"{report['ready_s']:.1f} s.",
         "",
@@ -53,8 +56,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {level['completed_images_per_s']:.1f} | {_f(rt['p50'])} | {_f(rt['p95'])} | {_f(rt['p99'])} "
             f"| {_f(rt['max'])} | {level['rejected']} | {level['errors']} | {level['timed_out']} |"
         )
-    lines += ["", "### Per hop (p50 / p99 ms)", "", "| offered img/s | " + " | ".join(HOPS) + " |",
-              "|---" * (len(HOPS) + 1) + "|"]
+    lines += [
+        "",
+        "### Per hop (p50 / p99 ms)",
+        "",
+        "| offered img/s | " + " | ".join(HOPS) + " |",
+        "|---" * (len(HOPS) + 1) + "|",
+    ]
     for level in report["sweep"]:
         hops = level["hops_ms"]
         cells = [f"{_f(hops[h]['p50'])} / {_f(hops[h]['p99'])}" if h in hops else "-" for h in HOPS]
@@ -69,8 +77,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     lines += _cpu_table(report)
-    lines += ["", "## Scaling on this machine (sustained throughput: 8 users each keeping 4 images in flight)", "",
-              "| configuration | completed img/s | vs ceiling | p50 ms | peak RSS per consumer MB |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Scaling on this machine (sustained throughput: 8 users each keeping 4 images in flight)",
+        "",
+        "| configuration | completed img/s | vs ceiling | p50 ms | peak RSS per consumer MB |",
+        "|---|---|---|---|---|",
+    ]
     for level in report["scaling"]:
         rss = [v for k, v in level["peak_rss_mb"].items() if k.startswith("inference")]
         lines.append(
@@ -85,14 +98,19 @@ def render_markdown(report: dict[str, Any]) -> str:
 def _cpu_table(report: dict[str, Any]) -> list[str]:
     model_ms = report["model"]["model_cpu_s_per_image"] * 1000
     names = sorted({n for level in report["sweep"] for n in level["cpu_s_per_image"]})
-    rows = ["| offered img/s | " + " | ".join(names) + " | all but load gen | model alone |",
-            "|---" * (len(names) + 3) + "|"]
+    rows = [
+        "| offered img/s | " + " | ".join(names) + " | all but load gen | model alone |",
+        "|---" * (len(names) + 3) + "|",
+    ]
     for level in report["sweep"]:
         cpu = level["cpu_s_per_image"]
         system = sum(v for k, v in cpu.items() if v is not None and k != "load generator")
         cells = [_f(cpu[n] * 1000 if cpu.get(n) is not None else None, 2) for n in names]
-        rows.append(f"| {level['offered_images_per_s']:.0f} | " + " | ".join(cells)
-                    + f" | {system * 1000:.2f} | {model_ms:.2f} |")
+        rows.append(
+            f"| {level['offered_images_per_s']:.0f} | "
+            + " | ".join(cells)
+            + f" | {system * 1000:.2f} | {model_ms:.2f} |"
+        )
     return rows
 
 
@@ -108,7 +126,9 @@ def render_plots(report: dict[str, Any], output: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     left.plot(offered, [lv["completed_images_per_s"] for lv in sweep], "o-", label="completed")
     left.plot(offered, offered, ":", color="grey", label="offered")
-    left.axhline(report["model"]["ceiling_images_per_s"], color="red", linestyle="--", label="model-only ceiling")
+    left.axhline(
+        report["model"]["ceiling_images_per_s"], color="red", linestyle="--", label="model-only ceiling"
+    )
     left.set(xlabel="offered images/s", ylabel="images/s", title="Throughput")
     left.legend()
     for q in ("p50", "p95", "p99"):

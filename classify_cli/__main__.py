@@ -22,9 +22,13 @@ from classify_cli.runner import Run, RunOptions
 logger = logging.getLogger("classify_cli")
 
 DEFAULT_API_URL = "http://localhost:8000"
-EPILOG = """\
+EPILOG = (
+    """\
 exit codes: 0 every image classified; 1 some image failed or timed out; 2 usage error or nothing to do;
-3 the system cannot be reached. Folders are searched for """ + " ".join(sorted(IMAGE_EXTENSIONS)) + "."
+3 the system cannot be reached. Folders are searched for """
+    + " ".join(sorted(IMAGE_EXTENSIONS))
+    + "."
+)
 
 
 def _positive_int(text: str) -> int:
@@ -50,20 +54,32 @@ def _http_url(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
-        prog="classify", description="Classify images with the streaming image-classification system.",
+        prog="classify",
+        description="Classify images with the streaming image-classification system.",
         epilog=EPILOG,
     )
     add = parser.add_argument
     add("paths", nargs="*", metavar="PATH", help="image files or folders; - reads paths from stdin")
-    add("--api-url", type=_http_url, default=os.environ.get("CLASSIFY_API_URL", DEFAULT_API_URL),
-        help=f"the upload API (default: $CLASSIFY_API_URL, else {DEFAULT_API_URL})")
-    add("--api-key", default=os.environ.get("CLASSIFY_API_KEY"),
-        help="the system's API key (default: $CLASSIFY_API_KEY)")
+    add(
+        "--api-url",
+        type=_http_url,
+        default=os.environ.get("CLASSIFY_API_URL", DEFAULT_API_URL),
+        help=f"the upload API (default: $CLASSIFY_API_URL, else {DEFAULT_API_URL})",
+    )
+    add(
+        "--api-key",
+        default=os.environ.get("CLASSIFY_API_KEY"),
+        help="the system's API key (default: $CLASSIFY_API_KEY)",
+    )
     add("--format", choices=("table", "jsonl", "csv"), default="table", help="output format (default table)")
     add("--batch-size", type=_positive_int, default=8, help="files per upload request (default 8)")
     add("--recursive", "-r", action="store_true", help="search folders' subfolders too")
-    add("--timeout", type=_positive_float, default=300.0,
-        help="seconds to wait for results after the last upload (default 300)")
+    add(
+        "--timeout",
+        type=_positive_float,
+        default=300.0,
+        help="seconds to wait for results after the last upload (default 300)",
+    )
     add("--top", type=_positive_int, default=1, help="labels shown per image in the table (default 1)")
     add("--no-progress", action="store_true", help="no progress bars on stderr")
     add("--verbose", "-v", action="count", default=0, help="log retries and reconnections (-vv: debug)")

@@ -76,7 +76,10 @@ class Job:
 
 
 async def send(
-    http: httpx.AsyncClient, build: Callable[[], httpx.Request], policy: RetryPolicy, service: str,
+    http: httpx.AsyncClient,
+    build: Callable[[], httpx.Request],
+    policy: RetryPolicy,
+    service: str,
     sleep: Sleep = asyncio.sleep,
 ) -> httpx.Response:
     """Send, retrying 429/503 (and lost connections) within the policy; unreachable or overloaded raises."""
@@ -90,8 +93,9 @@ async def send(
                 message = f"cannot reach the {service} at {_origin(request)}: {_why(e)}"
                 raise SystemUnreachableError(message) from e
             wait = policy.backoff(attempt)
-            logger.warning("%s %s failed (%s); retry %d in %.1f s", request.method, request.url, _why(e),
-                           attempt, wait)
+            logger.warning(
+                "%s %s failed (%s); retry %d in %.1f s", request.method, request.url, _why(e), attempt, wait
+            )
         else:
             if response.status_code not in RETRY_STATUSES:
                 return response
@@ -141,7 +145,10 @@ def check_auth(response: httpx.Response) -> None:
 
 
 async def upload(
-    http: httpx.AsyncClient, api_url: str, files: Sequence[tuple[str, bytes]], policy: RetryPolicy,
+    http: httpx.AsyncClient,
+    api_url: str,
+    files: Sequence[tuple[str, bytes]],
+    policy: RetryPolicy,
     sleep: Sleep = asyncio.sleep,
 ) -> list[Job]:
     """Upload files in one request; their jobs in the same order, or `UploadRejectedError` for a 4xx."""
@@ -157,8 +164,10 @@ async def upload(
     if 400 <= response.status_code < 500:
         body = error_body(response)
         raise UploadRejectedError(
-            response.status_code, str(body.get("error") or f"HTTP {response.status_code}"),
-            str(body.get("reason") or body.get("detail") or ""), body.get("filename"),
+            response.status_code,
+            str(body.get("error") or f"HTTP {response.status_code}"),
+            str(body.get("reason") or body.get("detail") or ""),
+            body.get("filename"),
         )
     status = response.status_code
     raise ProtocolError(f"the upload API at {api_url} answered {status}: {error_text(response)}")

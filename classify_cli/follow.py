@@ -40,7 +40,11 @@ class Follower:
     """Follows up to 100 jobs until each has a result, handing every result to `on_result` once."""
 
     def __init__(
-        self, http: httpx.AsyncClient, jobs: Sequence[Job], on_result: OnResult, policy: RetryPolicy,
+        self,
+        http: httpx.AsyncClient,
+        jobs: Sequence[Job],
+        on_result: OnResult,
+        policy: RetryPolicy,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.http = http
@@ -131,7 +135,10 @@ class Follower:
 
     async def _poll_one(self, job: Job) -> None:
         response = await send(
-            self.http, lambda: self.http.build_request("GET", job.result_url), self.policy, "results service",
+            self.http,
+            lambda: self.http.build_request("GET", job.result_url),
+            self.policy,
+            "results service",
             self.sleep,
         )
         check_auth(response)

@@ -28,8 +28,13 @@ class Row:
     def as_dict(self) -> dict[str, Any]:
         """The row as the JSON-lines format prints it."""
         return {
-            "file": self.file, "id": self.id, "status": self.status, "label": self.label,
-            "score": self.score, "top": self.top, "error": self.error,
+            "file": self.file,
+            "id": self.id,
+            "status": self.status,
+            "label": self.label,
+            "score": self.score,
+            "top": self.top,
+            "error": self.error,
         }
 
     @classmethod

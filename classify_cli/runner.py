@@ -55,8 +55,12 @@ class Run:
     """Uploads, follows and reports; `run()` returns the exit code, or raises `CliError`."""
 
     def __init__(
-        self, options: RunOptions, writer: Writer, progress: Progress,
-        transport: httpx.AsyncBaseTransport | None = None, sleep: Sleep = asyncio.sleep,
+        self,
+        options: RunOptions,
+        writer: Writer,
+        progress: Progress,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.options = options
         self.writer = writer
@@ -128,8 +132,13 @@ class Run:
         """Upload; when the API refuses one named file, report it and send the rest; else split the batch."""
         while items:
             try:
-                jobs = await upload(self.http, self.options.api_url, [(i.name, i.data) for i in items],
-                                    self.options.policy, self.sleep)
+                jobs = await upload(
+                    self.http,
+                    self.options.api_url,
+                    [(i.name, i.data) for i in items],
+                    self.options.policy,
+                    self.sleep,
+                )
             except UploadRejectedError as e:
                 culprit = None if e.error in REQUEST_TOO_BIG else _culprit(items, e.filename)
                 if culprit is None and len(items) > 1:
@@ -147,8 +156,12 @@ class Run:
         # The API did not say which file it refused (or said a name two files share): halve until it can.
         if error.error in REQUEST_TOO_BIG:
             self.batch_size = max(1, len(items) // 2)  # too many files per request: send fewer from now on
-            logger.warning("the API refused %d files in one request (%s); sending %d at a time",
-                           len(items), error, self.batch_size)
+            logger.warning(
+                "the API refused %d files in one request (%s); sending %d at a time",
+                len(items),
+                error,
+                self.batch_size,
+            )
         half = len(items) // 2
         await self._upload(items[:half])
         await self._upload(items[half:])

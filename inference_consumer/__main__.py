@@ -34,9 +34,13 @@ def main() -> int:
     logger.info("settings: %s", settings.public_dict())
     try:
         classifier = load_classifier(
-            model=settings.model_name, runtime=settings.model_runtime, model_path=settings.model_path,
-            labels_path=settings.model_labels_path, preprocessing=settings.model_preprocessing,
-            cache_dir=settings.model_cache_dir, num_threads=settings.model_threads,
+            model=settings.model_name,
+            runtime=settings.model_runtime,
+            model_path=settings.model_path,
+            labels_path=settings.model_labels_path,
+            preprocessing=settings.model_preprocessing,
+            cache_dir=settings.model_cache_dir,
+            num_threads=settings.model_threads,
         )
         admin = wait_for_admin(settings, "inference")
         try:
@@ -59,8 +63,10 @@ def _install_signal_handlers(worker: InferenceWorker, grace_s: float) -> None:
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if worker_stopping.is_set():
-            logger.warning("second %s: exiting now; the uncommitted batch will be re-delivered",
-                           signal.Signals(signum).name)
+            logger.warning(
+                "second %s: exiting now; the uncommitted batch will be re-delivered",
+                signal.Signals(signum).name,
+            )
             os._exit(130)
         worker_stopping.set()
         logger.info("%s: finishing the batch in hand, then leaving the group", signal.Signals(signum).name)
@@ -75,7 +81,9 @@ def _install_signal_handlers(worker: InferenceWorker, grace_s: float) -> None:
 
 
 def _force_exit(grace_s: float) -> None:
-    logger.error("still busy %.0f s after the stop request; exiting; uncommitted work will be re-delivered", grace_s)
+    logger.error(
+        "still busy %.0f s after the stop request; exiting; uncommitted work will be re-delivered", grace_s
+    )
     os._exit(1)
 
 

@@ -10,7 +10,9 @@ from pydantic import Field
 
 from pipeline_core.settings import PipelineSettings
 
-DEFAULT_MODEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kafka-image-classifier" / "models"
+DEFAULT_MODEL_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kafka-image-classifier" / "models"
+)
 
 
 class ConsumerSettings(PipelineSettings):
@@ -18,15 +20,27 @@ class ConsumerSettings(PipelineSettings):
 
     model_name: Literal["efficientnet-lite0", "resnet50", "custom"] = "efficientnet-lite0"
     model_runtime: Literal["litert", "tensorflow"] = "litert"
-    model_path: Path | None = Field(None, description="A .keras, SavedModel or .tflite file (MODEL_NAME=custom).")
+    model_path: Path | None = Field(
+        None, description="A .keras, SavedModel or .tflite file (MODEL_NAME=custom)."
+    )
     model_labels_path: Path | None = Field(None, description="One label per line, for MODEL_NAME=custom.")
     model_preprocessing: Literal["efficientnet-lite", "raw", "unit", "caffe"] | None = None
-    model_cache_dir: Path = Field(DEFAULT_MODEL_CACHE, description="Where converted .tflite files are cached.")
+    model_cache_dir: Path = Field(
+        DEFAULT_MODEL_CACHE, description="Where converted .tflite files are cached."
+    )
     model_threads: int = Field(2, ge=1, le=64, description="Threads the model runtime may use.")
     top_k: int = Field(5, ge=1, le=20, description="How many of the best classes each result lists.")
 
-    batch_max_size: int = Field(16, ge=1, le=512, description="Most images one poll returns and one model call classifies.")
-    batch_max_wait_ms: int = Field(20, ge=0, le=10_000, description="How long a poll waits for images to arrive.")
+    batch_max_size: int = Field(
+        4,
+        ge=1,
+        le=512,
+        description="Most images one poll returns and one model call classifies. LiteRT spends ~10% more CPU "
+        "per image at batch 16 than at 4 here (docs/benchmarks/pipeline.md), and small batches keep latency low.",
+    )
+    batch_max_wait_ms: int = Field(
+        20, ge=0, le=10_000, description="How long a poll waits for images to arrive."
+    )
     shutdown_grace_s: float = Field(15.0, gt=0, description="How long SIGTERM waits for the batch in hand.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve /metrics on this port; 0 turns it off.")
     metrics_host: str = Field("127.0.0.1", description="Address /metrics binds to (0.0.0.0 in a container).")

@@ -53,9 +53,20 @@ def ensure_jars(cache_dir: Path = DEFAULT_CACHE) -> Path:
     logger.info("resolving Apache Kafka %s jars with Maven into %s (once)", KAFKA_VERSION, lib)
     with resources.as_file(pom) as pom_path:
         result = subprocess.run(
-            [mvn, "-B", "-q", "-f", str(pom_path), "dependency:copy-dependencies", "-DincludeScope=runtime",
-             f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={tmp}"],
-            capture_output=True, text=True, check=False,
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(pom_path),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-Dkafka.version={KAFKA_VERSION}",
+                f"-DoutputDirectory={tmp}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if result.returncode != 0:
         raise DependencyMissingError(
@@ -143,10 +154,20 @@ class LocalBroker:
             self._format(java, classpath, props)
         log4j = resources.files("kafka_local") / "log4j2.yaml"
         command = [
-            java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
-            "-cp", classpath, "kafka.Kafka", str(props),
+            java,
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-server",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(props),
         ]
         log_path = self.log_file or self.data_dir / "broker.log"
         self._log = log_path.open("ab")
@@ -158,7 +179,11 @@ class LocalBroker:
         self._wait_until_serving(timeout_s, log_path)
         logger.info(
             "Kafka %s broker serving at %s after %.1f s (data %s, log %s)",
-            KAFKA_VERSION, self.bootstrap_servers, time.monotonic() - started, self.data_dir, log_path,
+            KAFKA_VERSION,
+            self.bootstrap_servers,
+            time.monotonic() - started,
+            self.data_dir,
+            log_path,
         )
         return self
 
@@ -166,12 +191,26 @@ class LocalBroker:
         # Kafka's own ids never start with "-": the format tool would read one as an option.
         cluster_id = "k" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
         result = subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", cluster_id, "-c", str(props)],
-            capture_output=True, text=True, check=False,
+            [
+                java,
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
-            raise BrokerUnavailableError(f"formatting the KRaft store failed:\n{result.stdout}{result.stderr}")
+            raise BrokerUnavailableError(
+                f"formatting the KRaft store failed:\n{result.stdout}{result.stderr}"
+            )
 
     def _wait_until_serving(self, timeout_s: float, log_path: Path) -> None:
         from kafka import KafkaAdminClient
@@ -182,11 +221,15 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-3000:]
-                raise BrokerUnavailableError(f"the Kafka broker exited with {self._process.returncode}:\n{tail}")
+                raise BrokerUnavailableError(
+                    f"the Kafka broker exited with {self._process.returncode}:\n{tail}"
+                )
             if _port_open(self.port):
                 try:
                     # A metadata round trip, not just an open port: the broker answers only once it is ready.
-                    admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000)
+                    admin = KafkaAdminClient(
+                        bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000
+                    )
                     admin.list_topics()
                     admin.close()
                     return
@@ -194,7 +237,9 @@ class LocalBroker:
                     pass
             time.sleep(0.2)
         self.stop()
-        raise BrokerUnavailableError(f"the Kafka broker did not serve within {timeout_s:.0f} s; see {log_path}")
+        raise BrokerUnavailableError(
+            f"the Kafka broker did not serve within {timeout_s:.0f} s; see {log_path}"
+        )
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop the broker with SIGTERM (a controlled shutdown), SIGKILL if it does not exit in time."""

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from kafka_local.broker import LocalBroker, free_port
 
@@ -31,10 +32,11 @@ def provide_broker(
         yield existing, None
         return
     if try_docker:
-        container = _start_container()
-        if container is not None:
+        started = _start_container()
+        if started is not None:
+            container, bootstrap = started
             try:
-                yield container.get_bootstrap_server(), None
+                yield bootstrap, None
             finally:
                 container.stop()
             return
@@ -43,16 +45,17 @@ def provide_broker(
         yield broker.bootstrap_servers, broker
 
 
-def _start_container():  # type: ignore[no-untyped-def]
+def _start_container() -> tuple[Any, str] | None:
     """An `apache/kafka` container, or None when no Docker daemon answers (the usual case on our machines).
 
     testcontainers' KafkaContainer scripts Confluent images only, so this is a generic container configured
     through the image's documented KAFKA_* variables, advertising the host port it is mapped to.
     """
     try:
-        import docker
         from testcontainers.core.container import DockerContainer
         from testcontainers.core.waiting_utils import wait_for_logs
+
+        import docker
     except ImportError:
         return None
     if not _docker_answers(docker):
@@ -78,19 +81,20 @@ def _start_container():  # type: ignore[no-untyped-def]
         container = container.with_env(key, value)
     container.start()
     wait_for_logs(container, "Kafka Server started", timeout=120)
-    container.get_bootstrap_server = lambda: f"127.0.0.1:{port}"
-    return container
+    return container, f"127.0.0.1:{port}"
 
 
 def _docker_answers(docker) -> bool:  # type: ignore[no-untyped-def]
     if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
-        logger.info("no Docker daemon (no DOCKER_HOST, no /var/run/docker.sock); using the jar-launched broker")
+        logger.info(
+            "no Docker daemon (no DOCKER_HOST, no /var/run/docker.sock); using the jar-launched broker"
+        )
         return False
     client = None
     try:
         client = docker.from_env()
         client.ping()
-    except Exception as e:  # noqa: BLE001 - docker raises many kinds; every one means "no daemon here"
+    except Exception as e:
         logger.info("no Docker daemon (%s); using the jar-launched broker", type(e).__name__)
         return False
     finally:

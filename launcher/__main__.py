@@ -34,15 +34,25 @@ def main() -> int:
     data_dir = settings.data_dir.resolve()
     try:
         with provide_broker(
-            data_dir / "kafka", try_docker=False,
-            port=settings.local_kafka_port, controller_port=settings.local_kafka_controller_port,
+            data_dir / "kafka",
+            try_docker=False,
+            port=settings.local_kafka_port,
+            controller_port=settings.local_kafka_controller_port,
         ) as (bootstrap, _local):
-            system = System(bootstrap, data_dir, settings.api_port, settings.sink_port,
-                            settings.inference_consumers, stop_timeout_s=settings.service_stop_timeout_s)
+            system = System(
+                bootstrap,
+                data_dir,
+                settings.api_port,
+                settings.sink_port,
+                settings.inference_consumers,
+                stop_timeout_s=settings.service_stop_timeout_s,
+            )
             try:
                 return _supervise(system, stop, started)
             finally:
-                logger.info("stopping: the API first (no new uploads), then the consumers, the sink, the broker")
+                logger.info(
+                    "stopping: the API first (no new uploads), then the consumers, the sink, the broker"
+                )
                 system.stop()
     except PipelineError as e:
         logger.error("%s", e)
@@ -53,7 +63,10 @@ def _supervise(system: System, stop: threading.Event, started: float) -> int:
     system.start()
     logger.info(
         "ready in %.1f s: open http://localhost:%d/ to classify photos (API docs at /docs; results on :%d). "
-        "Ctrl-C stops everything.", time.monotonic() - started, system.api_port, system.sink_port,
+        "Ctrl-C stops everything.",
+        time.monotonic() - started,
+        system.api_port,
+        system.sink_port,
     )
     while not stop.wait(0.5):
         try:

@@ -38,8 +38,12 @@ class Service:
     def start(self, out: IO[str] = sys.stdout) -> None:
         """Start the process (in its own session, so the terminal's Ctrl-C reaches only the launcher)."""
         self.process = subprocess.Popen(
-            self.command, env=dict(self.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+            self.command,
+            env=dict(self.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
         )
         colour = _COLOURS[self.colour % len(_COLOURS)] if out.isatty() else ""
         prefix = f"{colour}{self.name:<12}|{_RESET if colour else ''} "

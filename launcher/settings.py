@@ -16,6 +16,8 @@ class LauncherSettings(PipelineSettings):
     api_port: int = Field(8000, ge=1, le=65535, description="Port of the upload API.")
     sink_port: int = Field(8001, ge=1, le=65535, description="Port of the results sink.")
     local_kafka_port: int = Field(9092, ge=1, le=65535, description="Port of the jar-launched broker.")
-    local_kafka_controller_port: int = Field(9093, ge=1, le=65535, description="Controller port of that broker.")
+    local_kafka_controller_port: int = Field(
+        9093, ge=1, le=65535, description="Controller port of that broker."
+    )
     data_dir: Path = Field(Path("var"), description="Broker data and the results database of `make run`.")
     service_stop_timeout_s: float = Field(20.0, gt=0, description="How long each service may take to stop.")

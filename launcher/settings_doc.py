@@ -41,10 +41,7 @@ def _load(path: str) -> type[BaseSettings]:
 
 
 def _default(field: Any) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()
-    else:
-        value = field.default
+    value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, SecretStr):
         return "(a development value; set your own)"
     if value is None:
@@ -70,7 +67,8 @@ def render() -> str:
             inherited |= set(getattr(base, "model_fields", {}))
         rows = [
             f"| `{name.upper()}` | {_type(f)} | {_default(f)} | {(f.description or '').replace('|', '/')} |"
-            for name, f in cls.model_fields.items() if name not in inherited
+            for name, f in cls.model_fields.items()
+            if name not in inherited
         ]
         parts.append(f"\n## {title}\n\n| variable | type | default | meaning |\n|---|---|---|---|\n")
         parts.append("\n".join(rows) + "\n")

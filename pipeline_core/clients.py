@@ -85,6 +85,8 @@ def wait_for_admin(settings: PipelineSettings, role: str, timeout_s: float | Non
                 ) from e
             logger.info(
                 "Kafka at %s not reachable yet (attempt %d: %s); retrying",
-                settings.kafka_bootstrap_servers, attempt, type(e).__name__,
+                settings.kafka_bootstrap_servers,
+                attempt,
+                type(e).__name__,
             )
             time.sleep(min(2.0, 0.25 * attempt))

@@ -100,7 +100,7 @@ def _check_schema(headers: Headers | None, expected: str) -> None:
         return
     if found is None:
         raise DecodeError(f"record has no {SCHEMA_HEADER!r} header; expected {expected}")
-    if found.split("/")[0] == expected.split("/")[0]:
+    if found.split("/")[0] == expected.split("/", maxsplit=1)[0]:
         raise SchemaVersionError(f"record has schema {found}; this reader understands {expected}")
     raise DecodeError(f"record has schema {found}; expected {expected}")
 
@@ -129,8 +129,14 @@ def decode_image(value: bytes | None, headers: Headers | None) -> ImageEvent:
 _T = TypeVar("_T", PredictionEvent, FeedbackEvent)
 
 
-def _encode_json(event: _Event, schema: str, key: str | None) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-    return (key.encode() if key else None), event.model_dump_json().encode(), [(SCHEMA_HEADER, schema.encode())]
+def _encode_json(
+    event: _Event, schema: str, key: str | None
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    return (
+        (key.encode() if key else None),
+        event.model_dump_json().encode(),
+        [(SCHEMA_HEADER, schema.encode())],
+    )
 
 
 def _decode_json(value: bytes | None, headers: Headers | None, model: type[_T], schema: str) -> _T:

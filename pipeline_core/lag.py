@@ -14,7 +14,9 @@ _COORDINATOR_WAIT_S = 10.0
 
 def group_lag(admin: KafkaAdminClient, group_id: str, topic: str) -> dict[int, int]:
     """Records behind the log end for each partition of `topic` (uncommitted partitions count from 0)."""
-    partitions = [TopicPartition(topic, p["partition_index"]) for p in admin.describe_topics([topic])[0]["partitions"]]
+    partitions = [
+        TopicPartition(topic, p["partition_index"]) for p in admin.describe_topics([topic])[0]["partitions"]
+    ]
     ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
     committed = _committed(admin, group_id, partitions)
     lag = {}
@@ -40,6 +42,3 @@ def _committed(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -45,15 +44,23 @@ class PipelineSettings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
     kafka_client_id_prefix: str = Field("image-classifier", description="Start of every Kafka client id.")
-    kafka_connect_timeout_s: float = Field(60.0, gt=0, description="How long to retry a broker that is not up yet.")
+    kafka_connect_timeout_s: float = Field(
+        60.0, gt=0, description="How long to retry a broker that is not up yet."
+    )
 
     topic_images: str = Field("images", description="Uploaded images, from the API to the consumers.")
     topic_predictions: str = Field("predictions", description="Results, from the consumers to the sink.")
-    topic_dead_letter: str = Field("images.dead-letter", description="Image records the consumers cannot read.")
+    topic_dead_letter: str = Field(
+        "images.dead-letter", description="Image records the consumers cannot read."
+    )
     topic_feedback: str = Field("feedback", description="Users' reports on labels, from the API to the sink.")
     topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions of a topic the services create.")
-    topic_replication_factor: int = Field(1, ge=1, le=10, description="Replicas of a topic the services create.")
-    consumer_group_inference: str = Field("inference", description="Consumer group of the inference consumers.")
+    topic_replication_factor: int = Field(
+        1, ge=1, le=10, description="Replicas of a topic the services create."
+    )
+    consumer_group_inference: str = Field(
+        "inference", description="Consumer group of the inference consumers."
+    )
     consumer_group_sink: str = Field("results-sink", description="Consumer group of the results sink.")
 
     max_image_bytes: int = Field(
@@ -92,7 +99,7 @@ class PipelineSettings(BaseSettings):
         return {k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.model_dump().items()}
 
 
-DEV_JOB_ID_SECRET = "dev-only-job-id-secret-change-me"
+DEV_JOB_ID_SECRET = "dev-only-job-id-secret-change-me"  # noqa: S105 - a known, logged development default
 
 
 class WebSettings(PipelineSettings):

@@ -44,7 +44,11 @@ def ensure_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
     missing = [s for s in specs if s.name not in existing]
     if missing:
         new = {
-            s.name: {"num_partitions": s.partitions, "replication_factor": s.replication_factor, "configs": s.config}
+            s.name: {
+                "num_partitions": s.partitions,
+                "replication_factor": s.replication_factor,
+                "configs": s.config,
+            }
             for s in missing
         }
         try:
@@ -64,7 +68,10 @@ def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
         if partitions < spec.partitions:
             logger.warning(
                 "topic %s has %d partitions, fewer than the %d configured: at most %d consumers can share it",
-                spec.name, partitions, spec.partitions, partitions,
+                spec.name,
+                partitions,
+                spec.partitions,
+                partitions,
             )
     _check_message_size(admin, specs)
 
@@ -73,12 +80,14 @@ def _check_message_size(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None
     wanted = {s.name: int(s.config["max.message.bytes"]) for s in specs if "max.message.bytes" in s.config}
     if not wanted:
         return
-    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None}) for name in wanted]
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None}) for name in wanted
+    ]
     described = admin.describe_configs(resources, config_filter="all")["topic"]
     for name, minimum in wanted.items():
         actual = int(described[name]["max.message.bytes"]["value"])
         if actual < minimum:
-                raise ConfigurationError(
-                    f"topic {name} has max.message.bytes={actual}, below the {minimum} that "
-                    f"MAX_IMAGE_BYTES needs; raise the topic's limit or lower MAX_IMAGE_BYTES"
-                )
+            raise ConfigurationError(
+                f"topic {name} has max.message.bytes={actual}, below the {minimum} that "
+                f"MAX_IMAGE_BYTES needs; raise the topic's limit or lower MAX_IMAGE_BYTES"
+            )

@@ -70,7 +70,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OverloadedError)
     async def overloaded(_request: Request, exc: OverloadedError) -> JSONResponse:
         body = ErrorBody(error="overloaded", reason=str(exc))
-        return JSONResponse(body.model_dump(), status_code=429, headers={"Retry-After": str(exc.retry_after_s)})
+        return JSONResponse(
+            body.model_dump(), status_code=429, headers={"Retry-After": str(exc.retry_after_s)}
+        )
 
     @app.exception_handler(PublishError)
     async def unavailable(_request: Request, exc: PublishError) -> JSONResponse:

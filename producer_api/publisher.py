@@ -206,7 +206,9 @@ class Publisher:
         end of `publish_timeout_s` (a stopped broker is answered 503 in about a second)."""
         async with asyncio.timeout(self._settings.publish_timeout_s):
             done, _ = await asyncio.wait({acks.done}, timeout=ACK_PATIENCE_S)
-            if not done and not await asyncio.to_thread(any_port_open, self._settings.kafka_bootstrap_servers):
+            if not done and not await asyncio.to_thread(
+                any_port_open, self._settings.kafka_bootstrap_servers
+            ):
                 self._set_state(False, f"no broker listening at {self._settings.kafka_bootstrap_servers}")
                 raise PublishError(self._state.reason)
             await acks.done

@@ -34,7 +34,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Bad image, unsupported format, no file, malformed form."},
     401: {"description": "API key missing or wrong (only when API_KEY is set)."},
     413: {"model": ErrorBody, "description": "A file or the body is too large, or too many files."},
-    429: {"model": ErrorBody, "description": "Too many images wait for a consumer; retry after `Retry-After`."},
+    429: {
+        "model": ErrorBody,
+        "description": "Too many images wait for a consumer; retry after `Retry-After`.",
+    },
     503: {"model": ErrorBody, "description": "Kafka is unavailable; retry after `Retry-After` seconds."},
 }
 

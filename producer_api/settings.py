@@ -39,7 +39,7 @@ class ApiSettings(WebSettings):
         description="Largest width x height accepted (decompression bombs).",
     )
     max_backlog_images: int = Field(
-        600,
+        256,
         ge=0,
         le=10_000_000,
         description="Uploads get 429 while this many accepted images wait for a consumer (0: never shed).",

@@ -77,7 +77,9 @@ class ResultHub:
                 if not subscription.offer(result):
                     logger.warning(
                         "SSE client watching %d jobs is %d results behind; dropping it (it can resume with "
-                        "Last-Event-ID)", len(subscription.job_ids), subscription.limit,
+                        "Last-Event-ID)",
+                        len(subscription.job_ids),
+                        subscription.limit,
                     )
                     self._remove(subscription)
                     subscription.drop("overflow")

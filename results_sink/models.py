@@ -53,7 +53,11 @@ class ResultResponse(BaseModel):
         e = stored.event
         timings = e.timings.model_dump() if e.timings is not None else {}
         return cls(
-            id=e.job_id, status=e.status, filename=e.filename, label=e.label, score=e.score,
+            id=e.job_id,
+            status=e.status,
+            filename=e.filename,
+            label=e.label,
+            score=e.score,
             top=[TopLabel(label=t.label, wnid=t.wnid, index=t.index, score=t.score) for t in e.top],
             error=e.error,
             model=ModelInfo(name=e.model_name, version=e.model_version, runtime=e.runtime),

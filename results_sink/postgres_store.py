@@ -68,7 +68,11 @@ class PostgresResultStore:
     ) -> PostgresResultStore:
         """Connect (a small pool, retrying for up to `timeout_s`) and create the schema if it is not there."""
         pool = ConnectionPool(
-            url, min_size=1, max_size=max_size, open=False, name="results-store",
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            name="results-store",
             check=ConnectionPool.check_connection,  # a server restart costs one failed check, not a request
         )
         try:
@@ -192,4 +196,3 @@ class PostgresResultStore:
 def _result(row: tuple[int, str, str, float]) -> StoredResult:
     seq, job_id, raw, stored_at = row
     return StoredResult(seq, job_id, PredictionEvent.model_validate_json(raw), stored_at)
-

@@ -20,7 +20,9 @@ from results_sink.streams import StreamRequest, stream_response
 
 RETRY_AFTER_S = 5
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+    400: {"model": ErrorResponse},
+    401: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
 }
 _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = _ERRORS | {
     200: {"content": {"text/event-stream": {}}, "description": "`result` events, then the stream ends"},
@@ -46,7 +48,8 @@ def _parse_ids(raw: str, limit: int) -> list[str]:
 def _check_capacity(hub: ResultHub, settings: SinkSettings) -> None:
     if hub.subscriber_count >= settings.max_sse_connections:
         raise HTTPException(
-            503, detail=f"{hub.subscriber_count} live streams, the most this instance serves; retry later",
+            503,
+            detail=f"{hub.subscriber_count} live streams, the most this instance serves; retry later",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
@@ -56,7 +59,8 @@ def create_router(settings: SinkSettings) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(api_key_guard(settings))])
 
     @router.get(
-        "/results/{job_id}", response_model=ResultResponse,
+        "/results/{job_id}",
+        response_model=ResultResponse,
         responses=_ERRORS | {202: {"model": PendingResponse, "description": "Issued, no result stored yet"}},
     )
     def get_result(job_id: str, store: StoreDep, s: SettingsDep) -> ResultResponse | JSONResponse:
@@ -83,7 +87,10 @@ def create_router(settings: SinkSettings) -> APIRouter:
 
     @router.get("/events", response_class=Response, responses=_STREAM_RESPONSES)
     async def many_events(
-        after: LastEventIdDep, store: StoreDep, hub: HubDep, s: SettingsDep,
+        after: LastEventIdDep,
+        store: StoreDep,
+        hub: HubDep,
+        s: SettingsDep,
         ids: Annotated[str, Query(description="Comma-separated job ids")] = "",
     ) -> Response:
         """Each job's `result` as it is stored (stored ones first, in seq order), then the end."""

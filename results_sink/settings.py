@@ -23,8 +23,10 @@ class SinkSettings(WebSettings):
         15.0, gt=0, le=300, description="A keep-alive comment is sent every this many seconds."
     )
     sse_stream_timeout_s: float = Field(
-        300.0, gt=0, le=86_400,
-        description="A stream still waiting after this long ends with a `timeout` event."
+        300.0,
+        gt=0,
+        le=86_400,
+        description="A stream still waiting after this long ends with a `timeout` event.",
     )
     sse_send_timeout_s: float = Field(
         10.0, gt=0, le=300, description="A client that cannot take one event within this long is dropped."

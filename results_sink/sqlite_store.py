@@ -139,7 +139,7 @@ class SqliteResultStore:
         ids = list(dict.fromkeys(job_ids))
         with self._reading() as conn:
             for start in range(0, len(ids), _MAX_PARAMS):
-                chunk = ids[start:start + _MAX_PARAMS]
+                chunk = ids[start : start + _MAX_PARAMS]
                 marks = ",".join("?" * len(chunk))
                 rows += conn.execute(
                     f"SELECT seq, job_id, json, stored_at FROM results WHERE seq > ? AND job_id IN ({marks})",  # noqa: S608 - only placeholders are interpolated

@@ -86,12 +86,12 @@ def open_store(url: str) -> ResultStore:
     """The store a `RESULTS_STORE_URL` names, opened and with its schema in place."""
     # Imported inside: the implementations import this module, and psycopg is an optional extra (`postgres`).
     if url.startswith("sqlite:///"):
-        from results_sink.sqlite_store import SqliteResultStore  # noqa: PLC0415
+        from results_sink.sqlite_store import SqliteResultStore
 
         return SqliteResultStore.open(url.removeprefix("sqlite:///"))
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from results_sink.postgres_store import PostgresResultStore  # noqa: PLC0415
+            from results_sink.postgres_store import PostgresResultStore
         except ImportError as e:
             if e.name not in ("psycopg", "psycopg_pool"):
                 raise

@@ -19,6 +19,7 @@ from results_sink.store import ResultStore, StoredResult
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class StreamRequest:
     """What one stream sends: `result` events for these jobs with seq above `after_seq`."""

@@ -47,7 +47,9 @@ PHOTOS = _photos()
 class PipelineUser(HttpUser):
     """A person who opens the page now and then and mostly classifies photos, waiting for each result."""
 
-    wait_time = between(float(os.environ.get("LOCUST_WAIT_MIN", "1")), float(os.environ.get("LOCUST_WAIT_MAX", "5")))
+    wait_time = between(
+        float(os.environ.get("LOCUST_WAIT_MIN", "1")), float(os.environ.get("LOCUST_WAIT_MAX", "5"))
+    )
 
     def on_start(self) -> None:
         self.photo_index = 0
@@ -64,8 +66,9 @@ class PipelineUser(HttpUser):
             self.photo_index += 1
             files.append(("file", (name, data, "application/octet-stream")))
         started = time.perf_counter()
-        with self.client.post("/v1/images", files=files, headers=HEADERS, name="POST /v1/images",
-                              catch_response=True) as response:
+        with self.client.post(
+            "/v1/images", files=files, headers=HEADERS, name="POST /v1/images", catch_response=True
+        ) as response:
             if response.status_code in (429, 503):
                 response.success()  # load shed on purpose, with Retry-After: counted below, not a failure
                 self._fire("shed (429/503)", started, None)
@@ -81,7 +84,9 @@ class PipelineUser(HttpUser):
         pending = set(ids)
         error = None
         try:
-            with self.client.get(url, headers=HEADERS, stream=True, name="SSE /v1/events", timeout=120) as stream:
+            with self.client.get(
+                url, headers=HEADERS, stream=True, name="SSE /v1/events", timeout=120
+            ) as stream:
                 event = None
                 for line in stream.iter_lines(decode_unicode=True):
                     if line.startswith("event:"):
@@ -93,12 +98,16 @@ class PipelineUser(HttpUser):
                             error = RuntimeError(f"job {result['id']} failed: {result.get('error')}")
                 if pending:
                     error = RuntimeError(f"{len(pending)} results missing when the stream ended")
-        except Exception as e:  # noqa: BLE001 - any transport error is this request's failure, reported to locust
+        except Exception as e:
             error = e
         self._fire("round trip (upload to SSE result)", started, error)
 
     def _fire(self, name: str, started: float, error: Exception | None) -> None:
         self.environment.events.request.fire(
-            request_type="E2E", name=name, response_time=(time.perf_counter() - started) * 1000,
-            response_length=0, exception=error, context={},
+            request_type="E2E",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=error,
+            context={},
         )

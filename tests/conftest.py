@@ -110,15 +110,23 @@ class SystemFactory:
 
         name = unique("system")
         isolation = {
-            "TOPIC_IMAGES": f"{name}-images", "TOPIC_PREDICTIONS": f"{name}-predictions",
-            "TOPIC_DEAD_LETTER": f"{name}-dead-letter", "TOPIC_FEEDBACK": f"{name}-feedback",
-            "CONSUMER_GROUP_INFERENCE": f"{name}-inference", "CONSUMER_GROUP_SINK": f"{name}-sink",
+            "TOPIC_IMAGES": f"{name}-images",
+            "TOPIC_PREDICTIONS": f"{name}-predictions",
+            "TOPIC_DEAD_LETTER": f"{name}-dead-letter",
+            "TOPIC_FEEDBACK": f"{name}-feedback",
+            "CONSUMER_GROUP_INFERENCE": f"{name}-inference",
+            "CONSUMER_GROUP_SINK": f"{name}-sink",
             "LOG_LEVEL": "INFO",
         }
         log = (self.log_dir / f"{name}.log").open("w")
         system = System(
-            bootstrap or self.bootstrap, self.base_dir / name, free_port(), free_port(), consumers,
-            env=isolation | env, out=log,
+            bootstrap or self.bootstrap,
+            self.base_dir / name,
+            free_port(),
+            free_port(),
+            consumers,
+            env=isolation | env,
+            out=log,
         )
         self.started.append((system, log))
         system.start()

@@ -76,8 +76,15 @@ class LocalPostgres:
             shutil.chown(self.base, SERVER_USER, SERVER_USER)
             shutil.chown(self.socket_dir, SERVER_USER, SERVER_USER)
         self._run(
-            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-sync",
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
         )
         # Durability settings off: a test server loses nothing worth keeping, and starts and writes faster.
         options = (
@@ -85,8 +92,17 @@ class LocalPostgres:
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
         self._run(
-            str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-            "-w", "-t", "60", "-o", options, "start",
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
         )
 
     def stop(self) -> None:

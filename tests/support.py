@@ -41,15 +41,19 @@ def wait_by_polling(client: httpx.Client, result_url: str, timeout_s: float = 90
 
 
 def stream_results(
-    sink_url: str, ids: Iterable[str], last_event_id: str | None = None, limit: int | None = None,
+    sink_url: str,
+    ids: Iterable[str],
+    last_event_id: str | None = None,
+    limit: int | None = None,
     timeout_s: float = 120,
 ) -> list[tuple[str, dict[str, object]]]:
     """Read `/v1/events` for these jobs: (event id, result) pairs, until the stream ends or `limit` arrive."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     received: list[tuple[str, dict[str, object]]] = []
-    with httpx.Client(timeout=timeout_s) as client, connect_sse(
-        client, "GET", f"{sink_url}/v1/events?ids={','.join(ids)}", headers=headers
-    ) as source:
+    with (
+        httpx.Client(timeout=timeout_s) as client,
+        connect_sse(client, "GET", f"{sink_url}/v1/events?ids={','.join(ids)}", headers=headers) as source,
+    ):
         for event in source.iter_sse():
             if event.event == "result":
                 received.append((event.id, json.loads(event.data)))

@@ -110,7 +110,7 @@ def _ensure_efficientnet_tflite(source: ModelSource, cache_dir: Path) -> tuple[P
 
 def _tensorflow(source: ModelSource, num_threads: int) -> ModelRuntime:
     # Imported here so that LiteRT-only processes never load TensorFlow (seconds and ~600 MB).
-    from inference_consumer.model.tf_runtime import TensorFlowRuntime  # noqa: PLC0415
+    from inference_consumer.model.tf_runtime import TensorFlowRuntime
 
     return TensorFlowRuntime.load(source, num_threads)
 

@@ -15,13 +15,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def test_smoke_benchmark_runs_end_to_end_and_writes_its_report(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.pipeline_bench", "--smoke", "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=540, check=False,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "pipeline.json").read_text())
     assert report["model"]["ceiling_images_per_s"] > 0
     for level in report["sweep"]:
         assert level["completed"] > 0 and level["errors"] == 0, level
-        assert level["completed"] + level["timed_out"] == level["accepted"], "every accepted image accounted for"
+        assert level["completed"] + level["timed_out"] == level["accepted"], (
+            "every accepted image accounted for"
+        )
     assert "| offered img/s |" in (tmp_path / "pipeline.md").read_text()
     assert (tmp_path / "pipeline.png").stat().st_size > 10_000

@@ -50,9 +50,17 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
     options = Options()
     options.binary_location = str(CHROMIUM)
     for arg in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1280,900",
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -65,12 +73,22 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 
 def test_page_classifies_chosen_photos_live_refuses_a_non_image_and_takes_feedback(
-    *, running_system: System, browser: WebDriver, tmp_path: Path, output_dir: Path,
-    photos: dict[str, bytes], expected_labels: dict[str, set[str]],
+    *,
+    running_system: System,
+    browser: WebDriver,
+    tmp_path: Path,
+    output_dir: Path,
+    photos: dict[str, bytes],
+    expected_labels: dict[str, set[str]],
 ) -> None:
-    paths = write_files(tmp_path, {
-        "chelsea.jpg": photos["chelsea"], "coffee.jpg": photos["coffee"], "bad.jpg": NOT_A_PHOTO,
-    })
+    paths = write_files(
+        tmp_path,
+        {
+            "chelsea.jpg": photos["chelsea"],
+            "coffee.jpg": photos["coffee"],
+            "bad.jpg": NOT_A_PHOTO,
+        },
+    )
     browser.get(running_system.api_url + "/")
     assert browser.find_element(By.ID, "results").get_attribute("aria-live") == "polite"
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
@@ -132,6 +150,7 @@ def write_files(folder: Path, files: dict[str, bytes]) -> list[str]:
 
 def wait_for_settled_cards(browser: WebDriver, count: int) -> dict[str, WebElement]:
     """Wait until `count` cards have their outcome; return them by file name."""
+
     def settled(driver: WebDriver) -> list[WebElement] | bool:
         cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
         done = len(cards) == count and all(c.get_attribute("data-status") in SETTLED for c in cards)

@@ -23,12 +23,30 @@ class Sleeps(list[float]):
 def result_body(job_id: str, filename: str) -> dict[str, Any]:
     """What the results service answers for a finished job; files named `fail*` fail in the classifier."""
     if filename.startswith("fail"):
-        return {"id": job_id, "status": "failed", "filename": filename, "label": None, "score": None,
-                "top": [], "error": "image could not be decoded"}
-    top = [{"label": "tabby", "wnid": "n02123045", "index": 281, "score": 0.75},
-           {"label": "tiger_cat", "wnid": "n02123159", "index": 282, "score": 0.2}]
-    return {"id": job_id, "status": "done", "filename": filename, "label": "tabby", "score": 0.75, "top": top,
-            "error": None, "model": {"name": "fake", "version": "1", "runtime": "none"}, "timings": {}}
+        return {
+            "id": job_id,
+            "status": "failed",
+            "filename": filename,
+            "label": None,
+            "score": None,
+            "top": [],
+            "error": "image could not be decoded",
+        }
+    top = [
+        {"label": "tabby", "wnid": "n02123045", "index": 281, "score": 0.75},
+        {"label": "tiger_cat", "wnid": "n02123159", "index": 282, "score": 0.2},
+    ]
+    return {
+        "id": job_id,
+        "status": "done",
+        "filename": filename,
+        "label": "tabby",
+        "score": 0.75,
+        "top": top,
+        "error": None,
+        "model": {"name": "fake", "version": "1", "runtime": "none"},
+        "timings": {},
+    }
 
 
 def sse(events: Iterable[tuple[str, str, dict[str, Any]]]) -> bytes:
@@ -88,18 +106,36 @@ class FakeSystem:
     def upload(self, request: httpx.Request) -> httpx.Response:
         names = upload_names(request)
         if len(names) > self.max_files:
-            return httpx.Response(413, json={"error": "too_many_files", "filename": names[self.max_files],
-                                             "reason": f"at most {self.max_files} file(s) per request"})
+            return httpx.Response(
+                413,
+                json={
+                    "error": "too_many_files",
+                    "filename": names[self.max_files],
+                    "reason": f"at most {self.max_files} file(s) per request",
+                },
+            )
         for name in names:
             if name.startswith("bad"):
-                return httpx.Response(400, json={"error": "invalid_image", "filename": name,
-                                                 "reason": "the image is damaged or truncated"})
+                return httpx.Response(
+                    400,
+                    json={
+                        "error": "invalid_image",
+                        "filename": name,
+                        "reason": "the image is damaged or truncated",
+                    },
+                )
         jobs = []
         for name in names:
             job_id = f"job-{len(self.jobs) + 1}"
             self.jobs[job_id] = name
-            jobs.append({"id": job_id, "filename": name, "result_url": f"{RESULTS}/v1/results/{job_id}",
-                         "events_url": f"{RESULTS}/v1/results/{job_id}/events"})
+            jobs.append(
+                {
+                    "id": job_id,
+                    "filename": name,
+                    "result_url": f"{RESULTS}/v1/results/{job_id}",
+                    "events_url": f"{RESULTS}/v1/results/{job_id}/events",
+                }
+            )
         return httpx.Response(202, json={"jobs": jobs})
 
     def finished(self, job_id: str) -> bool:

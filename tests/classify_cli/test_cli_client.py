@@ -23,8 +23,17 @@ from classify_cli.errors import (
 pytestmark = pytest.mark.timeout(60)
 
 FILES = [("a.jpg", b"aaa"), ("b.jpg", b"bbb")]
-JOBS = {"jobs": [{"id": f"j{n}", "filename": f"{n}.jpg", "result_url": f"http://r/v1/results/j{n}",
-                  "events_url": f"http://r/v1/results/j{n}/events"} for n in range(2)]}
+JOBS = {
+    "jobs": [
+        {
+            "id": f"j{n}",
+            "filename": f"{n}.jpg",
+            "result_url": f"http://r/v1/results/j{n}",
+            "events_url": f"http://r/v1/results/j{n}/events",
+        }
+        for n in range(2)
+    ]
+}
 
 
 def run_upload(
@@ -48,11 +57,13 @@ def run_upload(
 
 
 def test_429_and_503_are_retried_after_the_seconds_retry_after_asks_for() -> None:
-    requests, sleeps, call = run_upload([
-        httpx.Response(503, headers={"Retry-After": "7"}, json={"error": "broker_unavailable"}),
-        httpx.Response(429, headers={"Retry-After": "2"}, json={"error": "busy"}),
-        httpx.Response(202, json=JOBS),
-    ])
+    requests, sleeps, call = run_upload(
+        [
+            httpx.Response(503, headers={"Retry-After": "7"}, json={"error": "broker_unavailable"}),
+            httpx.Response(429, headers={"Retry-After": "2"}, json={"error": "busy"}),
+            httpx.Response(202, json=JOBS),
+        ]
+    )
     jobs = call()
     assert [job.id for job in jobs] == ["j0", "j1"]  # type: ignore[attr-defined]
     assert sleeps == [7.0, 2.0]

@@ -23,7 +23,11 @@ def classify(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
     """Run the command as a separate process, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "classify_cli", *args],
-        input=stdin, capture_output=True, text=True, timeout=240, check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
 
 

@@ -57,8 +57,11 @@ class Recorder:
 
     def streams(self) -> list[tuple[str | None, str]]:
         """(Last-Event-ID, ids) of each stream request."""
-        return [(r.headers.get("Last-Event-ID"), r.url.params["ids"]) for r in self.requests
-                if r.url.path == "/v1/events"]
+        return [
+            (r.headers.get("Last-Event-ID"), r.url.params["ids"])
+            for r in self.requests
+            if r.url.path == "/v1/events"
+        ]
 
     def polls(self) -> list[str]:
         return [r.url.path.rsplit("/", 1)[1] for r in self.requests if r.url.path.startswith("/v1/results/")]

@@ -14,9 +14,11 @@ from classify_cli.rows import Row
 
 pytestmark = pytest.mark.timeout(60)
 
-TOP = [{"label": "tabby", "wnid": "n02123045", "index": 281, "score": 0.75},
-       {"label": "tiger_cat", "wnid": "n02123159", "index": 282, "score": 0.2},
-       {"label": "Egyptian_cat", "wnid": "n02124075", "index": 285, "score": 0.03}]
+TOP = [
+    {"label": "tabby", "wnid": "n02123045", "index": 281, "score": 0.75},
+    {"label": "tiger_cat", "wnid": "n02123159", "index": 282, "score": 0.2},
+    {"label": "Egyptian_cat", "wnid": "n02124075", "index": 285, "score": 0.03},
+]
 ROWS = [
     Row("cats/chelsea.jpg", "job-1", "done", "tabby", 0.75, TOP),
     Row('odd, "name".png', None, "failed", error="rejected: invalid_image: the image is damaged"),

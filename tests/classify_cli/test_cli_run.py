@@ -96,7 +96,10 @@ def test_two_refused_files_with_the_same_name_are_found_by_splitting_the_batch(t
     code, rows = run(folder, system, recursive=True)
     assert code == ExitCode.SOME_FAILED
     assert sorted((Path(r.file).relative_to(tmp_path).as_posix(), r.status) for r in rows) == [
-        ("x/bad.jpg", "failed"), ("x/ok.jpg", "done"), ("y/bad.jpg", "failed"), ("y/ok2.jpg", "done"),
+        ("x/bad.jpg", "failed"),
+        ("x/ok.jpg", "done"),
+        ("y/bad.jpg", "failed"),
+        ("y/ok2.jpg", "done"),
     ]
 
 
@@ -199,8 +202,17 @@ def exit_code(args: list[str]) -> int | str | None:
         return e.code
 
 
-@pytest.mark.parametrize("args", [[], ["{tmp}/empty"], ["{tmp}/missing.jpg"], ["{tmp}", "--top", "0"],
-                                  ["{tmp}", "--api-url", "localhost:8000"], ["{tmp}", "--format", "xml"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["{tmp}/empty"],
+        ["{tmp}/missing.jpg"],
+        ["{tmp}", "--top", "0"],
+        ["{tmp}", "--api-url", "localhost:8000"],
+        ["{tmp}", "--format", "xml"],
+    ],
+)
 def test_usage_errors_and_nothing_to_do_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
 ) -> None:
@@ -227,8 +239,13 @@ def test_exit_codes_have_the_documented_values() -> None:
 
 
 def test_python_dash_m_runs_the_same_command() -> None:
-    done = subprocess.run([sys.executable, "-m", "classify_cli", "--help"], capture_output=True, text=True,
-                          timeout=30, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "classify_cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 0
     assert "--batch-size" in done.stdout
     assert "exit codes" in done.stdout

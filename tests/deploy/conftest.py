@@ -51,7 +51,7 @@ def hadolint() -> str:
 def compose_spec_schema() -> dict[str, Any]:
     """The Compose Specification JSON schema, as vendored (and kept current) by check-jsonschema."""
     try:
-        import check_jsonschema  # noqa: PLC0415
+        import check_jsonschema
     except ImportError:
         missing_tool(
             "check-jsonschema: .venv/bin/pip install 'check-jsonschema==0.39.0' (vendors compose-spec.json)"

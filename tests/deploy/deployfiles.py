@@ -70,7 +70,7 @@ class Dockerfile:
 def parse_dockerfile(path: Path) -> Dockerfile:
     """Parse with dockerfile-parse; ENV is its own reading of the final stage (`ENV a=1 \\ b=2` included)."""
     try:
-        from dockerfile_parse import DockerfileParser  # noqa: PLC0415
+        from dockerfile_parse import DockerfileParser
     except ImportError:
         missing_tool(
             "dockerfile-parse: .venv/bin/pip install 'dockerfile-parse==2.0.1' (make test installs it)"

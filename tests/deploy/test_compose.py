@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 from deployfiles import DOCKERFILES, WEB_SERVICES, ComposeLoad, compose_project, parse_dockerfile
 
-SECRET = "a-test-secret-0123456789abcdef"  # noqa: S105 (a value for the tests, not a credential)
+SECRET = "a-test-secret-0123456789abcdef"
 # What the API and the sink must agree on; a difference breaks job ids, access control or CORS between them.
 SHARED_WEB_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "JOB_ID_SECRET", "API_KEY", "CORS_ORIGINS", "LOG_LEVEL")
 REQUIRED_ENV = {

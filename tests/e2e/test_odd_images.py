@@ -8,9 +8,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from support import upload, wait_by_polling
 
 from launcher.system import System
-from support import upload, wait_by_polling
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

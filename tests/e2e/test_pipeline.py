@@ -9,11 +9,11 @@ import time
 import httpx
 import pytest
 from httpx_sse import aconnect_sse, connect_sse
+from support import stored_results, system_settings, upload, wait_by_polling
 
 from launcher.system import System
 from pipeline_core.clients import create_admin, create_consumer
 from pipeline_core.events import decode_prediction
-from support import stored_results, system_settings, upload, wait_by_polling
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -23,7 +23,9 @@ def test_several_images_in_one_request_followed_by_sse_and_by_polling(
 ) -> None:
     with httpx.Client(base_url=running_system.api_url, timeout=30) as client:
         jobs = upload(client, {"chelsea.jpg": photos["chelsea"], "coffee.jpg": photos["coffee"]})
-        assert all(job["result_url"].startswith("http") and job["events_url"].startswith("http") for job in jobs)
+        assert all(
+            job["result_url"].startswith("http") and job["events_url"].startswith("http") for job in jobs
+        )
         assert len({job["id"] for job in jobs}) == 2 and all(len(job["id"]) >= 22 for job in jobs)
 
         chelsea, coffee = jobs
@@ -45,16 +47,25 @@ def test_concurrent_requests_all_classified_and_streamed_by_one_multi_job_stream
 ) -> None:
     async def scenario() -> tuple[list[dict[str, str]], dict[str, dict[str, object]]]:
         async with httpx.AsyncClient(base_url=running_system.api_url, timeout=30) as client:
-            responses = await asyncio.gather(*[
-                client.post("/v1/images", files=[
-                    ("file", (f"chelsea-{n}.jpg", photos["chelsea"])), ("file", (f"coffee-{n}.jpg", photos["coffee"])),
-                ]) for n in range(8)
-            ])
+            responses = await asyncio.gather(
+                *[
+                    client.post(
+                        "/v1/images",
+                        files=[
+                            ("file", (f"chelsea-{n}.jpg", photos["chelsea"])),
+                            ("file", (f"coffee-{n}.jpg", photos["coffee"])),
+                        ],
+                    )
+                    for n in range(8)
+                ]
+            )
             assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
             jobs = [job for r in responses for job in r.json()["jobs"]]
             ids = ",".join(job["id"] for job in jobs)
             results: dict[str, dict[str, object]] = {}
-            async with aconnect_sse(client, "GET", f"{running_system.sink_url}/v1/events?ids={ids}") as source:
+            async with aconnect_sse(
+                client, "GET", f"{running_system.sink_url}/v1/events?ids={ids}"
+            ) as source:
                 async for event in source.aiter_sse():
                     assert event.event == "result"
                     body = json.loads(event.data)
@@ -62,13 +73,17 @@ def test_concurrent_requests_all_classified_and_streamed_by_one_multi_job_stream
             return jobs, results
 
     jobs, results = asyncio.run(scenario())
-    assert len(jobs) == 16 and set(results) == {job["id"] for job in jobs}, "the stream ends after the last job"
+    assert len(jobs) == 16 and set(results) == {job["id"] for job in jobs}, (
+        "the stream ends after the last job"
+    )
     for job in jobs:
         photo = job["filename"].split("-")[0]
         assert results[job["id"]]["label"] in expected_labels[photo], (job, results[job["id"]])
 
 
-def test_compatibility_routes_behave_as_the_original_project(running_system: System, photos: dict[str, bytes]) -> None:
+def test_compatibility_routes_behave_as_the_original_project(
+    running_system: System, photos: dict[str, bytes]
+) -> None:
     with httpx.Client(base_url=running_system.api_url, timeout=60) as client:
         ok = client.post("/predict", files={"file": ("coffee.jpg", photos["coffee"])})
         assert ok.status_code == 200, ok.text
@@ -92,11 +107,16 @@ def test_compatibility_routes_behave_as_the_original_project(running_system: Sys
 
 
 def test_two_consumers_split_the_partitions_and_each_image_is_classified_exactly_once(
-    system_factory, photos: dict[str, bytes]  # type: ignore[no-untyped-def]
+    system_factory,
+    photos: dict[str, bytes],  # type: ignore[no-untyped-def]
 ) -> None:
     system = system_factory(consumers=2)
     with httpx.Client(base_url=system.api_url, timeout=30) as client:
-        jobs = [job for n in range(10) for job in upload(client, {f"c{n}-{k}.jpg": photos["coffee"] for k in range(4)})]
+        jobs = [
+            job
+            for n in range(10)
+            for job in upload(client, {f"c{n}-{k}.jpg": photos["coffee"] for k in range(4)})
+        ]
         for job in jobs:
             assert wait_by_polling(client, job["result_url"])["label"] == "espresso"
 
@@ -119,7 +139,13 @@ def test_two_consumers_split_the_partitions_and_each_image_is_classified_exactly
     seen: list[str] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        seen += [decode_prediction(r.value, r.headers).job_id for b in consumer.poll(timeout_ms=300).values() for r in b]
+        seen += [
+            decode_prediction(r.value, r.headers).job_id
+            for b in consumer.poll(timeout_ms=300).values()
+            for r in b
+        ]
     consumer.close()
-    assert sorted(seen) == sorted(job["id"] for job in jobs), "one prediction per image: none lost, none twice"
+    assert sorted(seen) == sorted(job["id"] for job in jobs), (
+        "one prediction per image: none lost, none twice"
+    )
     assert stored_results(system) == {job["id"]: 1 for job in jobs}, "one stored record per job"

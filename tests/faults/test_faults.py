@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import stored_results, stream_results, system_settings, upload, wait_by_polling
 
 from launcher.system import System
 from pipeline_core.clients import create_producer
-from support import stored_results, stream_results, system_settings, upload, wait_by_polling
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -32,8 +32,11 @@ def record(output_dir: Path, name: str, **figures: object) -> None:
 
 def upload_many(system: System, photo: bytes, requests: int, per_request: int = 4) -> list[dict[str, str]]:
     with httpx.Client(base_url=system.api_url, timeout=30) as client:
-        return [job for n in range(requests)
-                for job in upload(client, {f"img-{n}-{k}.jpg": photo for k in range(per_request)})]
+        return [
+            job
+            for n in range(requests)
+            for job in upload(client, {f"img-{n}-{k}.jpg": photo for k in range(per_request)})
+        ]
 
 
 def wait_all_stored(system: System, ids: set[str], timeout_s: float = 240) -> dict[str, int]:
@@ -69,13 +72,22 @@ def test_kill_9_one_of_two_consumers_in_flight(
     stored = wait_all_stored(system, ids)
     lost, duplicated = assert_exactly_once(stored, ids)
     assert system.services["inference-2"].running, "the surviving consumer took over"
-    record(output_dir, "kill -9 one of two consumers", images=len(ids), in_flight_at_fault=in_flight,
-           faults=1, lost=lost, duplicated=duplicated)
+    record(
+        output_dir,
+        "kill -9 one of two consumers",
+        images=len(ids),
+        in_flight_at_fault=in_flight,
+        faults=1,
+        lost=lost,
+        duplicated=duplicated,
+    )
 
 
 def test_broker_stopped_while_uploading_then_restarted(
-    system_factory: Callable[..., System], local_broker_factory: Callable[[], object],
-    photos: dict[str, bytes], output_dir: Path,
+    system_factory: Callable[..., System],
+    local_broker_factory: Callable[[], object],
+    photos: dict[str, bytes],
+    output_dir: Path,
 ) -> None:
     broker = local_broker_factory()
     broker.start()  # type: ignore[attr-defined]
@@ -93,7 +105,9 @@ def test_broker_stopped_while_uploading_then_restarted(
             deadline = time.monotonic() + 15
             while client.get("/readyz").status_code == 200 and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert client.get("/readyz").status_code == 503, "readiness says not ready while the broker is down"
+            assert client.get("/readyz").status_code == 503, (
+                "readiness says not ready while the broker is down"
+            )
         broker.start()  # type: ignore[attr-defined]
         stored = wait_all_stored(system, accepted)
         lost, duplicated = assert_exactly_once(stored, accepted)
@@ -103,8 +117,15 @@ def test_broker_stopped_while_uploading_then_restarted(
                 time.sleep(0.5)
             after = upload(client, {"after.jpg": photos["coffee"]})
             assert wait_by_polling(client, after[0]["result_url"])["label"] == "espresso"
-        record(output_dir, "broker stopped and restarted", images=len(accepted), faults=1,
-               seconds_to_503=round(refusal_s, 2), lost=lost, duplicated=duplicated)
+        record(
+            output_dir,
+            "broker stopped and restarted",
+            images=len(accepted),
+            faults=1,
+            seconds_to_503=round(refusal_s, 2),
+            lost=lost,
+            duplicated=duplicated,
+        )
     finally:
         broker.stop()  # type: ignore[attr-defined]
 
@@ -128,8 +149,16 @@ def test_sink_killed_and_restarted_sse_client_resumes_with_last_event_id(
     assert sorted(received) == sorted(ids), "the reconnecting client got exactly what it missed"
     all_ids = set(ids) | {job["id"] for job in more}
     lost, duplicated = assert_exactly_once(wait_all_stored(system, all_ids), all_ids)
-    record(output_dir, "sink killed and restarted", images=len(all_ids), faults=1, lost=lost,
-           duplicated=duplicated, sse_events_before=len(first), sse_events_after_resume=len(rest))
+    record(
+        output_dir,
+        "sink killed and restarted",
+        images=len(all_ids),
+        faults=1,
+        lost=lost,
+        duplicated=duplicated,
+        sse_events_before=len(first),
+        sse_events_after_resume=len(rest),
+    )
 
 
 def test_foreign_and_malformed_records_on_the_images_topic(
@@ -140,7 +169,9 @@ def test_foreign_and_malformed_records_on_the_images_topic(
     try:
         for partition in range(settings.topic_partitions):
             producer.send(settings.topic_images, partition=partition, key=None, value=b"\x00garbage")
-        producer.send(settings.topic_images, key=b"not-an-issued-id", value=b"x", headers=[("schema", b"image/1")])
+        producer.send(
+            settings.topic_images, key=b"not-an-issued-id", value=b"x", headers=[("schema", b"image/1")]
+        )
         producer.flush(30)
     finally:
         producer.close()
@@ -149,8 +180,13 @@ def test_foreign_and_malformed_records_on_the_images_topic(
         jobs = upload(client, {f"after-{n}.jpg": photos["coffee"] for n in range(12)})
         for job in jobs:
             assert wait_by_polling(client, job["result_url"])["label"] == "espresso"
-    record(output_dir, "foreign and malformed records", foreign_records=settings.topic_partitions + 1,
-           good_images_after=len(jobs), lost=0)
+    record(
+        output_dir,
+        "foreign and malformed records",
+        foreign_records=settings.topic_partitions + 1,
+        good_images_after=len(jobs),
+        lost=0,
+    )
 
 
 def test_sigterm_to_every_service_under_load_then_restart(
@@ -167,5 +203,13 @@ def test_sigterm_to_every_service_under_load_then_restart(
     assert stop_s < 60, f"stopping took {stop_s:.1f} s"
     system.start()
     lost, duplicated = assert_exactly_once(wait_all_stored(system, accepted), accepted)
-    record(output_dir, "SIGTERM to every service under load", images=len(accepted), faults=len(codes),
-           stop_seconds=round(stop_s, 1), exit_codes=codes, lost=lost, duplicated=duplicated)
+    record(
+        output_dir,
+        "SIGTERM to every service under load",
+        images=len(accepted),
+        faults=len(codes),
+        stop_seconds=round(stop_s, 1),
+        exit_codes=codes,
+        lost=lost,
+        duplicated=duplicated,
+    )

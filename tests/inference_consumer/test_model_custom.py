@@ -164,7 +164,7 @@ def test_unknown_model_and_runtime(tmp_path: Path) -> None:
 
 def test_resnet50_runs_when_its_weights_file_is_there(tmp_path: Path, squares: list[bytes]) -> None:
     # Random weights in the legacy .h5 layout of the real file (which cannot be downloaded here).
-    from keras.src.legacy.saving import legacy_h5_format  # noqa: PLC0415 - private API, only this test
+    from keras.src.legacy.saving import legacy_h5_format
 
     weights = tmp_path / RESNET50_WEIGHTS_FILE
     with h5py.File(weights, "w") as f:

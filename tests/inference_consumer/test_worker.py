@@ -13,7 +13,7 @@ from inference_consumer.model import ImageClassifier
 from inference_consumer.settings import ConsumerSettings
 from inference_consumer.worker import InferenceWorker
 from pipeline_core.clients import create_consumer, create_producer
-from pipeline_core.events import ImageEvent, ImageMeta, decode_prediction, encode_image, PredictionEvent
+from pipeline_core.events import ImageEvent, ImageMeta, PredictionEvent, decode_prediction, encode_image
 from pipeline_core.settings import PipelineSettings
 
 pytestmark = pytest.mark.timeout(180)
@@ -39,10 +39,17 @@ def publish_images(settings: PipelineSettings, images: dict[str, bytes]) -> None
     producer = create_producer(settings, "tests")
     try:
         for job_id, data in images.items():
-            key, value, headers = encode_image(ImageEvent(
-                ImageMeta(job_id=job_id, filename=f"{job_id}.jpg", content_type="image/jpeg", received_at=time.time()),
-                data,
-            ))
+            key, value, headers = encode_image(
+                ImageEvent(
+                    ImageMeta(
+                        job_id=job_id,
+                        filename=f"{job_id}.jpg",
+                        content_type="image/jpeg",
+                        received_at=time.time(),
+                    ),
+                    data,
+                )
+            )
             producer.send(settings.topic_images, key=key, value=value, headers=headers)
         producer.flush(30)
     finally:
@@ -70,7 +77,9 @@ def predictions(settings: PipelineSettings, count: int) -> dict[str, PredictionE
 
 
 def test_photos_are_classified_and_published_with_timings(
-    pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes],
+    pipeline_settings: PipelineSettings,
+    litert_classifier: ImageClassifier,
+    photos: dict[str, bytes],
     expected_labels: dict[str, set[str]],
 ) -> None:
     settings = consumer_settings(pipeline_settings)
@@ -107,7 +116,9 @@ def test_undecodable_image_gives_a_failed_result_and_a_dead_letter_and_the_parti
         dead = read_topic(settings, settings.topic_dead_letter, 3)
     assert results["fine"].status == "done" and results["fine"].label == "espresso"
     assert results["broken"].status == "failed" and "cannot decode image" in (results["broken"].error or "")
-    assert results["foreign-1"].status == "failed" and "not a readable image event" in (results["foreign-1"].error or "")
+    assert results["foreign-1"].status == "failed" and "not a readable image event" in (
+        results["foreign-1"].error or ""
+    )
     reasons = sorted(dict(r.headers)["dead-letter-reason"].decode().split(":")[0] for r in dead)
     assert reasons == ["cannot decode image", "not a readable image event", "not a readable image event"]
     assert {r.value for r in dead} == {b"\xff\xd8\xff\xe0 not really a jpeg", b"hello", b"x"}

@@ -31,7 +31,7 @@ def test_existing_topic_too_small_for_the_image_limit_is_refused(pipeline_settin
     bigger = pipeline_settings.model_copy(update={"max_image_bytes": pipeline_settings.max_image_bytes * 2})
     admin = create_admin(bigger, "tests")
     try:
-        with pytest.raises(ConfigurationError, match="max.message.bytes"):
+        with pytest.raises(ConfigurationError, match=r"max\.message\.bytes"):
             ensure_topics(admin, pipeline_topics(bigger))
     finally:
         admin.close()
@@ -41,7 +41,9 @@ def test_an_image_as_large_as_the_limit_goes_through(pipeline_settings: Pipeline
     image = bytes(range(256)) * (pipeline_settings.max_image_bytes // 256)
     producer = create_producer(pipeline_settings, "tests")
     key, value, headers = encode_image(
-        ImageEvent(ImageMeta(job_id="big", filename="big.png", content_type="image/png", received_at=0), image)
+        ImageEvent(
+            ImageMeta(job_id="big", filename="big.png", content_type="image/png", received_at=0), image
+        )
     )
     producer.send(pipeline_settings.topic_images, key=key, value=value, headers=headers).get(timeout=30)
     producer.close()

@@ -32,7 +32,10 @@ def test_image_event_round_trip_keeps_bytes_and_metadata() -> None:
 
 def test_prediction_round_trip() -> None:
     event = PredictionEvent(
-        job_id="job-1", status="done", label="tabby", score=0.5,
+        job_id="job-1",
+        status="done",
+        label="tabby",
+        score=0.5,
         top=(ScoredLabelModel(label="tabby", wnid="n02123045", index=281, score=0.5),),
     )
     key, value, headers = encode_prediction(event)

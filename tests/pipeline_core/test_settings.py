@@ -46,8 +46,10 @@ def test_sasl_needs_credentials_and_hides_the_password() -> None:
     with pytest.raises(ValidationError, match="KAFKA_SASL_MECHANISM"):
         make(kafka_security_protocol="SASL_SSL")
     settings = make(
-        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN",
-        kafka_sasl_username="u", kafka_sasl_password="hunter2",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="u",
+        kafka_sasl_password="hunter2",
     )
     assert settings.public_dict()["kafka_sasl_password"] == "***"
     assert "hunter2" not in repr(settings)

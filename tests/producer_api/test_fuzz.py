@@ -46,17 +46,24 @@ def uploads(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-filenames = st.text(max_size=300) | st.sampled_from(["", ".", "..", "../../etc/passwd", "a\x00b.png", "€.jpg"])
+filenames = st.text(max_size=300) | st.sampled_from(
+    ["", ".", "..", "../../etc/passwd", "a\x00b.png", "€.jpg"]
+)
 
 
 @pytest.fixture(scope="module")
 def fuzz_client(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     run = uuid.uuid4().hex[:10]
     api_settings = ApiSettings(
-        kafka_bootstrap_servers=kafka_bootstrap, topic_images=f"fuzz-images-{run}",
-        topic_feedback=f"fuzz-feedback-{run}", topic_predictions=f"fuzz-predictions-{run}",
-        topic_dead_letter=f"fuzz-dlq-{run}", max_image_bytes=64 * 1024, max_files_per_request=4,
-        max_backlog_images=0, _env_file=None,  # type: ignore[call-arg]
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_images=f"fuzz-images-{run}",
+        topic_feedback=f"fuzz-feedback-{run}",
+        topic_predictions=f"fuzz-predictions-{run}",
+        topic_dead_letter=f"fuzz-dlq-{run}",
+        max_image_bytes=64 * 1024,
+        max_files_per_request=4,
+        max_backlog_images=0,
+        _env_file=None,  # type: ignore[call-arg]
     )
     with AppClient(create_app(api_settings)) as client:
         yield client
@@ -77,9 +84,18 @@ def test_any_upload_gets_202_or_a_clear_4xx(fuzz_client: AppClient, files: list[
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.binary(max_size=4096), content_type=st.sampled_from([
-    "multipart/form-data; boundary=xyz", "multipart/form-data", "application/json", "text/plain", "",
-]))
+@given(
+    body=st.binary(max_size=4096),
+    content_type=st.sampled_from(
+        [
+            "multipart/form-data; boundary=xyz",
+            "multipart/form-data",
+            "application/json",
+            "text/plain",
+            "",
+        ]
+    ),
+)
 def test_malformed_bodies_get_a_4xx(fuzz_client: AppClient, body: bytes, content_type: str) -> None:
     response = fuzz_client.post("/v1/images", content=body, headers={"content-type": content_type})
     assert 400 <= response.status_code < 500, (response.status_code, response.text)

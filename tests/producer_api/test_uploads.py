@@ -66,7 +66,7 @@ def test_content_type_comes_from_the_bytes_not_the_client(
         ("bomb.png", png_header_claiming(100_000, 100_000), 400, "too_many_pixels"),
     ],
 )
-def test_a_bad_file_among_good_ones_is_named_and_nothing_is_published(  # noqa: PLR0917 - fixtures + parameters
+def test_a_bad_file_among_good_ones_is_named_and_nothing_is_published(
     client: AppClient,
     api_settings: ApiSettings,
     reader: TopicReader,

@@ -15,7 +15,7 @@ from pipeline_core.events import PredictionEvent, ScoredLabelModel, Timings
 from results_sink.app import create_app
 from results_sink.settings import SinkSettings
 
-SECRET = "tests-job-id-secret"  # noqa: S105 - a test value, not a credential
+SECRET = "tests-job-id-secret"
 
 
 def prediction(job_id: str, status: str = "done", label: str = "tabby") -> PredictionEvent:
@@ -24,12 +24,26 @@ def prediction(job_id: str, status: str = "done", label: str = "tabby") -> Predi
     if status == "failed":
         return PredictionEvent(job_id=job_id, status="failed", filename="broken.jpg", error="not an image")
     return PredictionEvent(
-        job_id=job_id, status="done", filename="cat.jpg", label=label, score=0.87,
-        top=(ScoredLabelModel(label=label, wnid="n02123045", index=281, score=0.87),
-             ScoredLabelModel(label="tiger_cat", wnid="n02123159", index=282, score=0.08)),
-        model_name="efficientnet-lite0", model_version="1", runtime="litert",
-        timings=Timings(received_at=now - 0.2, dequeued_at=now - 0.1, predicted_at=now - 0.05,
-                        preprocess_ms=3.0, inference_ms=12.5, batch_size=1),
+        job_id=job_id,
+        status="done",
+        filename="cat.jpg",
+        label=label,
+        score=0.87,
+        top=(
+            ScoredLabelModel(label=label, wnid="n02123045", index=281, score=0.87),
+            ScoredLabelModel(label="tiger_cat", wnid="n02123159", index=282, score=0.08),
+        ),
+        model_name="efficientnet-lite0",
+        model_version="1",
+        runtime="litert",
+        timings=Timings(
+            received_at=now - 0.2,
+            dequeued_at=now - 0.1,
+            predicted_at=now - 0.05,
+            preprocess_ms=3.0,
+            inference_ms=12.5,
+            batch_size=1,
+        ),
     )
 
 
@@ -41,7 +55,11 @@ class SinkServer:
         self.app: FastAPI = create_app(settings)
         self.port = free_port()
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on",
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            lifespan="on",
             timeout_graceful_shutdown=2,
         )
         self.server = uvicorn.Server(config)

@@ -38,8 +38,12 @@ def test_cors_allows_only_the_configured_origins(
     allowed = client.get(url, headers={"Origin": "http://localhost:8000"})
     other = client.get(url, headers={"Origin": "http://evil.example"})
     preflight = client.options(
-        url, headers={"Origin": "http://localhost:8000", "Access-Control-Request-Method": "GET",
-                      "Access-Control-Request-Headers": "Last-Event-ID"},
+        url,
+        headers={
+            "Origin": "http://localhost:8000",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "Last-Event-ID",
+        },
     )
 
     assert allowed.headers["access-control-allow-origin"] == "http://localhost:8000"

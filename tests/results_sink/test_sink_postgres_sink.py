@@ -79,7 +79,9 @@ def prediction_partition(sink: SinkServer, topic: str) -> int:
 
 
 def test_a_client_on_one_replica_gets_live_what_the_other_replica_stored(
-    start_sink: Callable[..., SinkServer], producer: KafkaProducer, pipeline_settings: PipelineSettings,
+    start_sink: Callable[..., SinkServer],
+    producer: KafkaProducer,
+    pipeline_settings: PipelineSettings,
     job_id: Callable[[], str],
 ) -> None:
     a, b = start_sink(), start_sink()  # one database, one consumer group
@@ -91,9 +93,10 @@ def test_a_client_on_one_replica_gets_live_what_the_other_replica_stored(
         job = job_id()
         partition = prediction_partition(writer, topic)
         stored_before = writer.app.state.consumer.stats.stored
-        with httpx.Client(base_url=reader.url, timeout=30) as client, connect_sse(
-            client, "GET", f"/v1/results/{job}/events"
-        ) as source:
+        with (
+            httpx.Client(base_url=reader.url, timeout=30) as client,
+            connect_sse(client, "GET", f"/v1/results/{job}/events") as source,
+        ):
             reader.wait_until(lambda r=reader: r.subscribers == 1)  # waiting before the result exists
             key, value, headers = encode_prediction(prediction(job))
             producer.send(topic, key=key, value=value, headers=headers, partition=partition).get(10)
@@ -110,7 +113,9 @@ def test_a_client_on_one_replica_gets_live_what_the_other_replica_stored(
 
 
 def test_last_event_id_resumes_on_either_replica_across_both_replicas_writes(
-    start_sink: Callable[..., SinkServer], producer: KafkaProducer, pipeline_settings: PipelineSettings,
+    start_sink: Callable[..., SinkServer],
+    producer: KafkaProducer,
+    pipeline_settings: PipelineSettings,
     job_id: Callable[[], str],
 ) -> None:
     a, b = start_sink(), start_sink()
@@ -119,8 +124,9 @@ def test_last_event_id_resumes_on_either_replica_across_both_replicas_writes(
     for n, job in enumerate(jobs):  # alternately written by a and b
         key, value, headers = encode_prediction(prediction(job))
         partition = prediction_partition((a, b)[n % 2], pipeline_settings.topic_predictions)
-        producer.send(pipeline_settings.topic_predictions, key=key, value=value, headers=headers,
-                      partition=partition).get(10)
+        producer.send(
+            pipeline_settings.topic_predictions, key=key, value=value, headers=headers, partition=partition
+        ).get(10)
         a.wait_until(lambda j=job: a.app.state.store.get(j) is not None)
     seqs = [a.app.state.store.get(j).seq for j in jobs]
     assert seqs == sorted(seqs)

@@ -41,7 +41,12 @@ def test_done_result_is_served_with_model_and_timings(
     assert body["top"][0] == {"label": "tabby", "wnid": "n02123045", "index": 281, "score": 0.87}
     assert body["model"] == {"name": "efficientnet-lite0", "version": "1", "runtime": "litert"}
     assert set(body["timings"]) == {
-        "received_at", "dequeued_at", "predicted_at", "preprocess_ms", "inference_ms", "batch_size",
+        "received_at",
+        "dequeued_at",
+        "predicted_at",
+        "preprocess_ms",
+        "inference_ms",
+        "batch_size",
         "stored_at",
     }
     assert body["timings"]["stored_at"] >= body["timings"]["predicted_at"]
@@ -80,9 +85,13 @@ def test_an_event_delivered_twice_is_stored_once(
     assert metric("results_written_total", status="done") - written == 1
 
 
-def test_a_malformed_record_is_skipped_and_later_records_still_arrive(  # noqa: PLR0917 - pytest fixtures
-    sink: SinkServer, client: httpx.Client, producer: KafkaProducer, pipeline_settings: PipelineSettings,
-    publish: Callable[..., None], job_id: Callable[[], str],
+def test_a_malformed_record_is_skipped_and_later_records_still_arrive(
+    sink: SinkServer,
+    client: httpx.Client,
+    producer: KafkaProducer,
+    pipeline_settings: PipelineSettings,
+    publish: Callable[..., None],
+    job_id: Callable[[], str],
 ) -> None:
     skipped = metric("undecodable_records_total", kind="prediction")
     job = job_id()

@@ -144,9 +144,10 @@ def test_a_waiting_stream_pings_and_ends_with_a_timeout_event(
 ) -> None:
     sink = start_sink(sse_ping_interval_s=0.3, sse_stream_timeout_s=1.5)
     job = job_id()
-    with httpx.Client(base_url=sink.url, timeout=10) as client, client.stream(
-        "GET", f"/v1/results/{job}/events"
-    ) as response:
+    with (
+        httpx.Client(base_url=sink.url, timeout=10) as client,
+        client.stream("GET", f"/v1/results/{job}/events") as response,
+    ):
         lines = list(response.iter_lines())
 
     assert any(line.startswith(": ping") for line in lines)
@@ -160,8 +161,9 @@ def test_streams_above_the_limit_get_503_with_retry_after(
     start_sink: Callable[..., SinkServer], job_id: Callable[[], str]
 ) -> None:
     sink = start_sink(max_sse_connections=1)
-    with httpx.Client(base_url=sink.url, timeout=10) as client, client.stream(
-        "GET", f"/v1/results/{job_id()}/events"
+    with (
+        httpx.Client(base_url=sink.url, timeout=10) as client,
+        client.stream("GET", f"/v1/results/{job_id()}/events"),
     ):
         sink.wait_until(lambda: sink.subscribers == 1)
         refused = client.get(f"/v1/results/{job_id()}/events")

@@ -90,7 +90,7 @@ def test_reads_from_many_threads_while_one_writes(store: SqliteResultStore) -> N
 
     def write() -> None:
         for start in range(0, len(ids), 10):
-            store.write_batch([prediction(j) for j in ids[start:start + 10]])
+            store.write_batch([prediction(j) for j in ids[start : start + 10]])
 
     def read() -> None:
         try:
