@@ -85,7 +85,7 @@ class PipelineUser(HttpUser):
         error = None
         try:
             with self.client.get(
-                url, headers=HEADERS, stream=True, name="SSE /v1/events", timeout=120
+                url, headers=HEADERS, stream=True, name="SSE /v1/events", timeout=120, catch_response=True
             ) as stream:
                 event = None
                 for line in stream.iter_lines(decode_unicode=True):
@@ -98,6 +98,9 @@ class PipelineUser(HttpUser):
                             error = RuntimeError(f"job {result['id']} failed: {result.get('error')}")
                 if pending:
                     error = RuntimeError(f"{len(pending)} results missing when the stream ended")
+                    stream.failure(str(error))
+                else:
+                    stream.success()
         except Exception as e:
             error = e
         self._fire("round trip (upload to SSE result)", started, error)
