@@ -8,7 +8,10 @@ BATCH_SIZE = Histogram(
     "inference_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
 INFERENCE_SECONDS = Histogram(
-    "inference_batch_seconds", "Model time per batch (preprocessing and inference)",
+    "inference_batch_seconds",
+    "Model time per batch (preprocessing and inference)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-CONSUMER_LAG = Gauge("inference_consumer_lag", "Records behind the end of each assigned partition", ["partition"])
+CONSUMER_LAG = Gauge(
+    "inference_consumer_lag", "Records behind the end of each assigned partition", ["partition"]
+)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from inference_consumer import metrics
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 DEAD_LETTER_REASON_HEADER = "dead-letter-reason"
 DEAD_LETTER_SOURCE_HEADER = "dead-letter-source"
 _MAX_JOB_ID = 64
+LAG_REFRESH_S = 1.0  # while idle, the lag gauge is refreshed at most this often
 
 
 @dataclass
@@ -56,11 +58,13 @@ class Outcome:
 
 
 class _RebalanceLog(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Logs partition moves. Batches are committed before the next poll, so nothing is in hand on revoke."""
+    """Logs partition moves and drops the lag of revoked partitions. Batches are committed before the next
+    poll, so nothing is in hand on revoke."""
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
             logger.info("partitions revoked: %s", _names(revoked))
+        _forget_lag(revoked)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("partitions assigned: %s", _names(assigned) or "none")
@@ -68,6 +72,12 @@ class _RebalanceLog(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _names(partitions: set[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions))
+
+
+def _forget_lag(partitions: set[TopicPartition]) -> None:
+    """Remove the lag series of partitions this member no longer holds, so no stale value lingers."""
+    for tp in partitions:
+        metrics.CONSUMER_LAG.remove(str(tp.partition))
 
 
 class InferenceWorker:
@@ -85,6 +95,7 @@ class InferenceWorker:
         self._stopping = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
+        self._lag_updated = 0.0
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in hand; safe to call from a signal handler, twice."""
@@ -100,7 +111,10 @@ class InferenceWorker:
         s = self.settings
         self._producer = create_producer(s, "inference")
         self._consumer = create_consumer(
-            s, "inference", s.consumer_group_inference, max_poll_records=s.batch_max_size,
+            s,
+            "inference",
+            s.consumer_group_inference,
+            max_poll_records=s.batch_max_size,
             # Also the JoinGroup timeout: a member whose join got lost retries after this, not after 5 minutes.
             # A batch takes well under a second, so 30 s between polls is ample.
             max_poll_interval_ms=30_000,
@@ -109,8 +123,12 @@ class InferenceWorker:
         self._consumer.subscribe([s.topic_images], listener=_RebalanceLog())
         logger.info(
             "joined group %s on %s; model %s %s on %s, batches of up to %d",
-            s.consumer_group_inference, s.topic_images, self.classifier.model_name,
-            self.classifier.model_version, self.classifier.runtime, s.batch_max_size,
+            s.consumer_group_inference,
+            s.topic_images,
+            self.classifier.model_name,
+            self.classifier.model_version,
+            self.classifier.runtime,
+            s.batch_max_size,
         )
         try:
             while not self._stopping.is_set():
@@ -128,9 +146,13 @@ class InferenceWorker:
             self._stopping.wait(0.2)
 
     def _poll_once(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
-        polled = consumer.poll(timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_size)
+        polled = consumer.poll(
+            timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_size
+        )
         records = [r for batch in polled.values() for r in batch]
         if not records:
+            if time.monotonic() - self._lag_updated >= LAG_REFRESH_S:
+                self._update_lag(consumer)
             return
         try:
             self._handle(records, producer)
@@ -143,6 +165,23 @@ class InferenceWorker:
             self._stopping.wait(1.0)
             return
         consumer.commit(_next_offsets(records))
+        self._update_lag(consumer)
+
+    def _update_lag(self, consumer: KafkaConsumer) -> None:
+        """Set `inference_consumer_lag` for each assigned partition: highwater minus position.
+
+        Both are known locally once a fetch response came (the highwater travels in it), so this costs no
+        broker round trip; a partition not fetched yet is skipped until it is.
+        """
+        self._lag_updated = time.monotonic()
+        try:
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                position = consumer.position(tp, timeout_ms=0) if highwater is not None else None
+                if position is not None:
+                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - position))
+        except KafkaError as e:  # IllegalStateError if a partition moved meanwhile: the next update fixes it
+            logger.debug("lag not updated: %s", e)
 
     def _handle(self, records: Sequence[Any], producer: KafkaProducer) -> None:
         dequeued_at = time.time()
@@ -151,7 +190,9 @@ class InferenceWorker:
         for outcome in outcomes:
             if outcome.prediction is not None:
                 key, value, headers = encode_prediction(outcome.prediction)
-                futures.append(producer.send(self.settings.topic_predictions, key=key, value=value, headers=headers))
+                futures.append(
+                    producer.send(self.settings.topic_predictions, key=key, value=value, headers=headers)
+                )
             if outcome.dead_letter_reason is not None:
                 futures.append(self._dead_letter(producer, outcome.record, outcome.dead_letter_reason))
         producer.flush(timeout=self.settings.kafka_connect_timeout_s)
@@ -164,10 +205,17 @@ class InferenceWorker:
         self._count(outcomes)
 
     def _dead_letter(self, producer: KafkaProducer, record: Any, reason: str) -> Any:
-        logger.warning("%s[%d]@%d to the dead-letter topic: %s", record.topic, record.partition, record.offset, reason)
-        headers = [*(record.headers or []), (DEAD_LETTER_REASON_HEADER, reason.encode()),
-                   (DEAD_LETTER_SOURCE_HEADER, f"{record.topic}[{record.partition}]@{record.offset}".encode())]
-        return producer.send(self.settings.topic_dead_letter, key=record.key, value=record.value, headers=headers)
+        logger.warning(
+            "%s[%d]@%d to the dead-letter topic: %s", record.topic, record.partition, record.offset, reason
+        )
+        headers = [
+            *(record.headers or []),
+            (DEAD_LETTER_REASON_HEADER, reason.encode()),
+            (DEAD_LETTER_SOURCE_HEADER, f"{record.topic}[{record.partition}]@{record.offset}".encode()),
+        ]
+        return producer.send(
+            self.settings.topic_dead_letter, key=record.key, value=record.value, headers=headers
+        )
 
     def _count(self, outcomes: Sequence[Outcome]) -> None:
         self.stats.batches += 1
@@ -184,13 +232,19 @@ class InferenceWorker:
 
     def _close(self) -> None:
         if self._consumer is not None:
+            _forget_lag(self.assignment)
             self._consumer.close(autocommit=False)  # each batch was committed already; this leaves the group
         if self._producer is not None:
             self._producer.close(timeout=self.settings.shutdown_grace_s)
         st = self.stats
         logger.info(
             "stopped after %.0f s: %d batches, %d done, %d failed, %d dead-lettered, %d publish retries",
-            time.monotonic() - st.started, st.batches, st.done, st.failed, st.dead_lettered, st.publish_retries,
+            time.monotonic() - st.started,
+            st.batches,
+            st.done,
+            st.failed,
+            st.dead_lettered,
+            st.publish_retries,
         )
 
 
@@ -210,8 +264,11 @@ def classify_records(
     predicted_at = time.time()
     for (n, event), result in zip(events, batch.results, strict=True):
         timings = Timings(
-            received_at=event.meta.received_at, dequeued_at=dequeued_at, predicted_at=predicted_at,
-            preprocess_ms=batch.preprocess_s * 1000, inference_ms=batch.inference_s * 1000,
+            received_at=event.meta.received_at,
+            dequeued_at=dequeued_at,
+            predicted_at=predicted_at,
+            preprocess_ms=batch.preprocess_s * 1000,
+            inference_ms=batch.inference_s * 1000,
             batch_size=len(events),
         )
         outcomes[n] = _outcome(records[n], event, result, classifier, timings)
@@ -219,17 +276,26 @@ def classify_records(
 
 
 def _outcome(
-    record: Any, event: ImageEvent, result: Classification | ImageDecodeError,
-    classifier: ImageClassifier, timings: Timings,
+    record: Any,
+    event: ImageEvent,
+    result: Classification | ImageDecodeError,
+    classifier: ImageClassifier,
+    timings: Timings,
 ) -> Outcome:
     common = {
-        "job_id": event.meta.job_id, "filename": event.meta.filename, "model_name": classifier.model_name,
-        "model_version": classifier.model_version, "runtime": classifier.runtime, "timings": timings,
+        "job_id": event.meta.job_id,
+        "filename": event.meta.filename,
+        "model_name": classifier.model_name,
+        "model_version": classifier.model_version,
+        "runtime": classifier.runtime,
+        "timings": timings,
     }
     if isinstance(result, ImageDecodeError):
         reason = f"cannot decode image: {result}"
         return Outcome(record, PredictionEvent(status="failed", error=reason, **common), reason)
-    top = tuple(ScoredLabelModel(label=s.label, wnid=s.wnid, index=s.index, score=s.score) for s in result.top)
+    top = tuple(
+        ScoredLabelModel(label=s.label, wnid=s.wnid, index=s.index, score=s.score) for s in result.top
+    )
     prediction = PredictionEvent(status="done", label=top[0].label, score=top[0].score, top=top, **common)
     return Outcome(record, prediction, None)
 

@@ -19,6 +19,7 @@ from typing import IO
 
 from kafka import KafkaAdminClient
 
+from kafka_local import free_port
 from launcher.processes import Service
 from pipeline_core.clients import wait_for_admin
 from pipeline_core.errors import PipelineError
@@ -45,6 +46,7 @@ class System:
     out: IO[str] = field(default=sys.stdout)
     stop_timeout_s: float = 20.0
     services: dict[str, Service] = field(default_factory=dict, init=False)
+    consumer_metrics_ports: dict[str, int] = field(default_factory=dict, init=False)
     _env: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +61,14 @@ class System:
     def sink_url(self) -> str:
         """Base URL of the results sink."""
         return f"http://127.0.0.1:{self.sink_port}"
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """Each service's Prometheus endpoint by name: `api`, `sink` and every consumer started so far."""
+        urls = {"api": f"{self.api_url}/metrics", "sink": f"{self.sink_url}/metrics"}
+        for name, port in self.consumer_metrics_ports.items():
+            urls[name] = f"http://127.0.0.1:{port}/metrics"
+        return urls
 
     def service_env(self) -> dict[str, str]:
         """The environment every service gets: the parent's, the overrides, and the system's wiring."""
@@ -91,9 +101,9 @@ class System:
     def settings(self) -> PipelineSettings:
         """The pipeline settings the services read from this system's environment."""
         names = PipelineSettings.model_fields
-        return PipelineSettings(
-            _env_file=None,  # type: ignore[call-arg]
-            **{k.lower(): v for k, v in self._env.items() if k.lower() in names},
+        # model_validate reads only these values: neither this process's environment nor a .env file.
+        return PipelineSettings.model_validate(
+            {k.lower(): v for k, v in self._env.items() if k.lower() in names}
         )
 
     def create_topics(self) -> None:
@@ -109,7 +119,12 @@ class System:
         """(Re)start one service by name: `api`, `sink` or `inference-N`."""
         module = {"api": "producer_api", "sink": "results_sink"}.get(name, "inference_consumer")
         colour = {"api": 5, "sink": 0}[name] if name in ("api", "sink") else int(name.rpartition("-")[2])
-        service = Service(name, [sys.executable, "-m", module], self._env, colour=colour)
+        env = self._env
+        if module == "inference_consumer":
+            # Each consumer serves /metrics on its own port, kept across restarts so a scraper keeps finding it.
+            port = self.consumer_metrics_ports.setdefault(name, free_port())
+            env = env | {"METRICS_PORT": str(port)}
+        service = Service(name, [sys.executable, "-m", module], env, colour=colour)
         service.start(self.out)
         self.services[name] = service
         return service
@@ -124,8 +139,13 @@ class System:
         if consumers:
             admin = wait_for_admin(self.settings(), "launcher")
             try:
-                while _group_members_with_partitions(admin, self.settings().consumer_group_inference) < consumers:
-                    self._wait_a_little(deadline, f"the {consumers} consumers did not join within {timeout_s:.0f} s")
+                while (
+                    _group_members_with_partitions(admin, self.settings().consumer_group_inference)
+                    < consumers
+                ):
+                    self._wait_a_little(
+                        deadline, f"the {consumers} consumers did not join within {timeout_s:.0f} s"
+                    )
             finally:
                 admin.close()
 
@@ -162,8 +182,11 @@ def _group_members_with_partitions(admin: KafkaAdminClient, group_id: str) -> in
     if group.get("group_state") != "Stable":
         return 0
     return sum(
-        1 for member in group.get("members", [])
-        if any(t["partitions"] for t in (member.get("member_assignment") or {}).get("assigned_partitions", []))
+        1
+        for member in group.get("members", [])
+        if any(
+            t["partitions"] for t in (member.get("member_assignment") or {}).get("assigned_partitions", [])
+        )
     )
 
 

@@ -147,7 +147,8 @@ class SinkConsumer:
             if self._thread.is_alive():
                 logger.warning(
                     "consumer thread still busy after %.0f s (%s); anything uncommitted will be re-delivered",
-                    self.settings.shutdown_grace_s, self._state,
+                    self.settings.shutdown_grace_s,
+                    self._state,
                 )
 
     @property
@@ -249,6 +250,9 @@ class SinkConsumer:
         started = time.perf_counter()
         new = self.store.write_batch([r.value for r in batch.predictions]) if batch.predictions else []
         metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
+        for stored in new:
+            if stored.event.timings is not None:
+                metrics.RESULT_AGE_SECONDS.observe(stored.stored_at - stored.event.timings.received_at)
         feedback = self.store.add_feedback(batch.feedback) if batch.feedback else 0
         self._count(batch, new, feedback)
         return new
@@ -284,6 +288,11 @@ class SinkConsumer:
         logger.info(
             "consumer stopped after %.0f s: %d batches, %d results stored, %d duplicates, %d undecodable, "
             "%d feedback, %d store retries",
-            time.monotonic() - st.started, st.batches, st.stored, st.duplicates, st.undecodable, st.feedback,
+            time.monotonic() - st.started,
+            st.batches,
+            st.stored,
+            st.duplicates,
+            st.undecodable,
+            st.feedback,
             st.store_retries,
         )

@@ -8,6 +8,12 @@ UNDECODABLE_RECORDS = Counter("undecodable_records", "Records skipped: no readab
 FEEDBACK_WRITTEN = Counter("feedback_written", "Feedback reports stored")
 SSE_CLIENTS = Gauge("sse_clients", "Live SSE streams")
 STORE_WRITE_SECONDS = Histogram(
-    "store_write_seconds", "Time to store one polled batch of predictions",
+    "store_write_seconds",
+    "Time to store one polled batch of predictions",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+RESULT_AGE_SECONDS = Histogram(
+    "sink_result_age_seconds",
+    "Round trip of one job: from upload receipt at the API to its result stored by the sink",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
