@@ -33,8 +33,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
         f"| model-only ceiling ({model['runtime']}, {model['threads']} threads, batch {model['best_batch_size']}) "
         f"| {ceiling:.0f} (again after the run: {_f(after, 0)}) | 100% | |",
-        f"| end to end, saturated ({report['best_config']}) | {saturation:.0f} | {saturation / ceiling:.0%} "
-        f"| {saturation / ORIGINAL_RPS:.0f}x |",
+        f"| end to end, saturated ({report['best_config']}, as `make run`) | {saturation:.0f} "
+        f"| {saturation / ceiling:.0%} | {saturation / ORIGINAL_RPS:.0f}x |",
         "",
         f"Model CPU per image: {model['model_cpu_s_per_image'] * 1000:.1f} ms (batch 1); preprocessing "
         f"{model['preprocess_ms_per_image']:.2f} ms per image on top, counted in the consumers' share below.",

@@ -77,6 +77,9 @@ class System:
     def _build_env(self) -> dict[str, str]:
         env = dict(os.environ) | dict(self.env)
         env.setdefault("JOB_ID_SECRET", secrets.token_urlsafe(32))  # the API and the sink must share it
+        # The consumers share the cores: more model threads than cores only adds contention (measured in
+        # docs/benchmarks/pipeline.md), so by default the cores are divided among the consumers.
+        env.setdefault("MODEL_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, self.consumers))))
         env.setdefault("RESULTS_STORE_URL", f"sqlite:///{self.data_dir.resolve()}/results.db")
         env.setdefault("RESULTS_PUBLIC_URL", f"http://localhost:{self.sink_port}")
         env.setdefault("RESULTS_INTERNAL_URL", self.sink_url)
