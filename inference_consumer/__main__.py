@@ -10,14 +10,13 @@ import threading
 from types import FrameType
 
 from prometheus_client import start_http_server
-from pydantic import ValidationError
 
 from inference_consumer.model import load_classifier
 from inference_consumer.settings import ConsumerSettings
 from inference_consumer.worker import InferenceWorker
 from pipeline_core.clients import wait_for_admin
 from pipeline_core.errors import PipelineError
-from pipeline_core.logs import configure_logging
+from pipeline_core.startup import load_settings
 from pipeline_core.topics import ensure_topics, pipeline_topics
 
 logger = logging.getLogger("inference_consumer")
@@ -25,13 +24,9 @@ logger = logging.getLogger("inference_consumer")
 
 def main() -> int:
     """Run one consumer-group member; exit 0 on a graceful stop, 1 on a configuration or broker error."""
-    try:
-        settings = ConsumerSettings()
-    except ValidationError as e:
-        print(f"inference_consumer: invalid settings:\n{e}", file=sys.stderr)
+    settings = load_settings(ConsumerSettings, "inference_consumer")
+    if settings is None:
         return 2
-    configure_logging(settings.log_level)
-    logger.info("settings: %s", settings.public_dict())
     try:
         classifier = load_classifier(
             model=settings.model_name,

@@ -8,25 +8,20 @@ import sys
 import threading
 import time
 
-from pydantic import ValidationError
-
 from kafka_local.provision import provide_broker
 from launcher.settings import LauncherSettings
 from launcher.system import ServiceDiedError, System
 from pipeline_core.errors import PipelineError
-from pipeline_core.logs import configure_logging
+from pipeline_core.startup import load_settings
 
 logger = logging.getLogger("launcher")
 
 
 def main() -> int:
     """Run everything until Ctrl-C or SIGTERM, then stop it all in order; exit non-zero if a service died."""
-    try:
-        settings = LauncherSettings()
-    except ValidationError as e:
-        print(f"make run: invalid settings:\n{e}", file=sys.stderr)
+    settings = load_settings(LauncherSettings, "launcher")
+    if settings is None:
         return 2
-    configure_logging(settings.log_level)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

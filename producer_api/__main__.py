@@ -6,10 +6,8 @@ import logging
 import sys
 
 import uvicorn
-from pydantic import ValidationError
 
-from pipeline_core.logs import configure_logging
-from pipeline_core.settings import DEV_JOB_ID_SECRET
+from pipeline_core.startup import load_settings
 from producer_api.app import create_app
 from producer_api.settings import ApiSettings
 
@@ -18,15 +16,9 @@ logger = logging.getLogger("producer_api")
 
 def main() -> int:
     """Serve until SIGTERM/SIGINT; exit 2 on invalid settings, 1 if start-up fails."""
-    try:
-        settings = ApiSettings()
-    except ValidationError as e:
-        print(f"producer_api: invalid settings:\n{e}", file=sys.stderr)
+    settings = load_settings(ApiSettings, "producer_api")
+    if settings is None:
         return 2
-    configure_logging(settings.log_level)
-    logger.info("settings: %s", settings.public_dict())
-    if settings.job_id_secret.get_secret_value() == DEV_JOB_ID_SECRET:
-        logger.warning("JOB_ID_SECRET is the development default; set your own (the same on API and sink)")
     if settings.api_key is None:
         logger.warning("API_KEY is not set: anyone who reaches this port can upload")
     config = uvicorn.Config(

@@ -6,10 +6,8 @@ import logging
 import sys
 
 import uvicorn
-from pydantic import ValidationError
 
-from pipeline_core.logs import configure_logging
-from pipeline_core.settings import DEV_JOB_ID_SECRET
+from pipeline_core.startup import load_settings
 from results_sink.app import create_app
 from results_sink.settings import SinkSettings
 
@@ -18,15 +16,9 @@ logger = logging.getLogger("results_sink")
 
 def main() -> int:
     """Run the sink; exit 0 after a graceful stop, 2 on invalid settings."""
-    try:
-        settings = SinkSettings()
-    except ValidationError as e:
-        print(f"results_sink: invalid settings:\n{e}", file=sys.stderr)
+    settings = load_settings(SinkSettings, "results_sink")
+    if settings is None:
         return 2
-    configure_logging(settings.log_level)
-    logger.info("settings: %s", settings.public_dict())
-    if settings.job_id_secret.get_secret_value() == DEV_JOB_ID_SECRET:
-        logger.warning("JOB_ID_SECRET is the development default: anyone can forge job ids; set your own")
     if settings.api_key is None and settings.sink_host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s without API_KEY: anyone can read results", settings.sink_host)
     uvicorn.run(

@@ -1,0 +1,33 @@
+"""What every entry point does first: read its settings, set up logging, and say what it runs with."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from pipeline_core.logs import configure_logging
+from pipeline_core.settings import DEV_JOB_ID_SECRET, PipelineSettings, WebSettings
+
+SettingsT = TypeVar("SettingsT", bound=PipelineSettings)
+
+
+def load_settings(cls: type[SettingsT], service: str) -> SettingsT | None:
+    """Settings from the environment, logging configured and the effective values logged (secrets masked);
+    None, after printing which settings are wrong, when they do not validate (the caller exits 2)."""
+    try:
+        settings = cls()
+    except ValidationError as e:
+        print(f"{service}: invalid settings:\n{e}", file=sys.stderr)
+        return None
+    configure_logging(settings.log_level)
+    logger = logging.getLogger(service)
+    logger.info("settings: %s", settings.public_dict())
+    if isinstance(settings, WebSettings) and settings.job_id_secret.get_secret_value() == DEV_JOB_ID_SECRET:
+        logger.warning(
+            "JOB_ID_SECRET is the development default: anyone can forge job ids; set your own, the same on "
+            "the API and the sink"
+        )
+    return settings
