@@ -32,7 +32,7 @@ from benchmarks.loadgen import LoadResult, run_closed_loop, run_open_loop
 from benchmarks.model_bench import machine_info, measure_ceiling, measure_preprocessing
 from kafka_local import free_port
 from kafka_local.provision import provide_broker
-from launcher.system import System
+from launcher.system import System, isolated_env
 from pipeline_core.logs import configure_logging
 
 logger = logging.getLogger("benchmarks.pipeline")
@@ -239,16 +239,7 @@ def start_profilers(system: System, profile_dir: Path, duration_s: float) -> lis
 def start_system(bootstrap: str, work: Path, config: Config, log_dir: Path) -> tuple[System, float]:
     """A whole system with `config`'s consumers; returns it and its seconds from launch to ready."""
     name = f"bench-{config.consumers}x{config.threads}-{int(time.time())}"
-    env = {
-        "MODEL_THREADS": str(config.threads),
-        "LOG_LEVEL": "WARNING",
-        "TOPIC_IMAGES": f"{name}-images",
-        "TOPIC_PREDICTIONS": f"{name}-predictions",
-        "TOPIC_DEAD_LETTER": f"{name}-dead-letter",
-        "TOPIC_FEEDBACK": f"{name}-feedback",
-        "CONSUMER_GROUP_INFERENCE": f"{name}-inference",
-        "CONSUMER_GROUP_SINK": f"{name}-sink",
-    }
+    env = isolated_env(name) | {"MODEL_THREADS": str(config.threads), "LOG_LEVEL": "WARNING"}
     log = (log_dir / f"{name}.log").open("w")
     system = System(bootstrap, work / name, free_port(), free_port(), config.consumers, env=env, out=log)
     started = time.monotonic()

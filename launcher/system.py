@@ -29,6 +29,18 @@ from pipeline_core.topics import ensure_topics, pipeline_topics
 logger = logging.getLogger(__name__)
 
 
+def isolated_env(name: str) -> dict[str, str]:
+    """Settings that give a system its own topics and consumer groups, so that several share one broker."""
+    return {
+        "TOPIC_IMAGES": f"{name}-images",
+        "TOPIC_PREDICTIONS": f"{name}-predictions",
+        "TOPIC_DEAD_LETTER": f"{name}-dead-letter",
+        "TOPIC_FEEDBACK": f"{name}-feedback",
+        "CONSUMER_GROUP_INFERENCE": f"{name}-inference",
+        "CONSUMER_GROUP_SINK": f"{name}-sink",
+    }
+
+
 class ServiceDiedError(PipelineError):
     """A service of the system exited while it should be running."""
 

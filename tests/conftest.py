@@ -106,18 +106,10 @@ class SystemFactory:
 
     def __call__(self, consumers: int = 2, bootstrap: str | None = None, **env: str) -> System:
         from kafka_local import free_port
-        from launcher.system import System
+        from launcher.system import System, isolated_env
 
         name = unique("system")
-        isolation = {
-            "TOPIC_IMAGES": f"{name}-images",
-            "TOPIC_PREDICTIONS": f"{name}-predictions",
-            "TOPIC_DEAD_LETTER": f"{name}-dead-letter",
-            "TOPIC_FEEDBACK": f"{name}-feedback",
-            "CONSUMER_GROUP_INFERENCE": f"{name}-inference",
-            "CONSUMER_GROUP_SINK": f"{name}-sink",
-            "LOG_LEVEL": "INFO",
-        }
+        isolation = isolated_env(name) | {"LOG_LEVEL": "INFO"}
         log = (self.log_dir / f"{name}.log").open("w")
         system = System(
             bootstrap or self.bootstrap,
