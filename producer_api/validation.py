@@ -112,8 +112,9 @@ def _inspect(data: bytes, limits: ImageLimits, filename: str) -> tuple[str, int,
         raise _unsupported_or_garbage(data, limits, filename) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise _bomb(limits, filename) from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        # Pillow reports a damaged header or a failed verify() with any of these.
+    except (OSError, SyntaxError, ValueError, EOFError, UserWarning) as e:
+        # Pillow reports a damaged header or a failed verify() with any of these (and warns of corrupt metadata,
+        # which is an error wherever warnings are errors, as in our tests: refused alike, not a 500).
         raise UploadRejected(
             400, "invalid_image", f"the image is damaged or truncated ({e})", filename
         ) from e
@@ -140,7 +141,7 @@ def _unsupported_or_garbage(data: bytes, limits: ImageLimits, filename: str) -> 
             found = image.format
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return _bomb(limits, filename)
-    except (OSError, SyntaxError, ValueError, EOFError):
+    except (OSError, SyntaxError, ValueError, EOFError, UserWarning):
         found = None
     if found is None and any(data.startswith(SIGNATURES[f]) for f in limits.formats if f in SIGNATURES):
         return UploadRejected(400, "invalid_image", "the image is damaged or truncated", filename)

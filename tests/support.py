@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 import time
+import zlib
 from collections.abc import Iterable
 
 import httpx
@@ -76,3 +78,18 @@ def stored_results(system: System) -> dict[str, int]:
     finally:
         connection.close()
     return {job_id: count for job_id, count in rows}
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A small, valid-looking PNG whose header claims `width` x `height` pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from keras.applications.resnet50 import preprocess_input
 from PIL import Image
+from support import png_header_claiming
 
 from inference_consumer.model import ImageClassifier
 from inference_consumer.model.preprocessing import (
@@ -123,25 +122,10 @@ def test_non_images(data: bytes) -> None:
         preprocess(data, SPEC)
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height over a few bytes of data: a decompression bomb."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize("side", [10_000, 13_000, 60_000])  # 1.1x, 1.9x and 40x Pillow's limit
 def test_decompression_bomb_is_refused(side: int) -> None:
     with pytest.raises(ImageDecodeError, match="too large"):
-        preprocess(_png_header_only(side, side), SPEC)
+        preprocess(png_header_claiming(side, side), SPEC)
 
 
 def test_jpeg_draft_keeps_top1(

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import AppClient, make_image  # type: ignore[import-not-found]
+from api_helpers import AppClient, make_image
 
 from producer_api.app import create_app
 from producer_api.settings import ApiSettings

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from conftest import AppClient, TopicReader, closed_port, make_image  # type: ignore[import-not-found]
+from api_helpers import AppClient, TopicReader, closed_port, make_image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse

@@ -6,7 +6,7 @@ import io
 import uuid
 
 import pytest
-from conftest import AppClient  # type: ignore[import-not-found]
+from api_helpers import AppClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import AppClient, make_image  # type: ignore[import-not-found]
+from api_helpers import AppClient, make_image
 
 from producer_api.app import create_app
 from producer_api.settings import ApiSettings

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import AppClient, TopicReader, make_image, png_header_claiming, raw_multipart  # type: ignore[import-not-found]
+from api_helpers import AppClient, TopicReader, make_image, raw_multipart
+from support import png_header_claiming
 
 from pipeline_core.events import decode_image
 from pipeline_core.jobs import is_issued_job_id

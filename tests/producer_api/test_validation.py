@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import make_image, png_header_claiming  # type: ignore[import-not-found]
+from api_helpers import make_image
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from support import png_header_claiming
 
 from producer_api.settings import ApiSettings
 from producer_api.validation import (
