@@ -17,7 +17,7 @@ from kafka.structs import OffsetAndMetadata
 from inference_consumer import metrics
 from inference_consumer.model import Classification, ImageClassifier
 from inference_consumer.settings import ConsumerSettings
-from pipeline_core.clients import create_consumer, create_producer
+from pipeline_core.clients import create_consumer, create_producer, partition_names
 from pipeline_core.errors import BrokerUnavailableError, DecodeError, ImageDecodeError, PublishError
 from pipeline_core.events import (
     ImageEvent,
@@ -63,15 +63,11 @@ class _RebalanceLog(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
-            logger.info("partitions revoked: %s", _names(revoked))
+            logger.info("partitions revoked: %s", partition_names(revoked))
         _forget_lag(revoked)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        logger.info("partitions assigned: %s", _names(assigned) or "none")
-
-
-def _names(partitions: set[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions))
+        logger.info("partitions assigned: %s", partition_names(assigned) or "none")
 
 
 def _forget_lag(partitions: set[TopicPartition]) -> None:

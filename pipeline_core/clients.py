@@ -8,7 +8,7 @@ import socket
 import time
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from pipeline_core.errors import BrokerUnavailableError
@@ -90,3 +90,8 @@ def wait_for_admin(settings: PipelineSettings, role: str, timeout_s: float | Non
                 type(e).__name__,
             )
             time.sleep(min(2.0, 0.25 * attempt))
+
+
+def partition_names(partitions: set[TopicPartition]) -> str:
+    """`topic[partition]` for each partition, sorted, for log lines about assignments."""
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions))

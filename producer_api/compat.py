@@ -28,7 +28,8 @@ from producer_api.validation import UploadRejected
 logger = logging.getLogger(__name__)
 
 FEEDBACK_MAX_BODY = 64 * 1024
-RETRY_AFTER = {"Retry-After": "5"}
+BROKER_RETRY_AFTER_S = 5  # a broker that is down: a guess, unlike the backlog's estimate
+RETRY_AFTER = {"Retry-After": str(BROKER_RETRY_AFTER_S)}
 SINGLE_FILE: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -55,6 +56,12 @@ class Classified:
     score: float | None = None
     error: str | None = None
     reason: str | None = None
+    retry_after_s: int | None = None  # set on 429/503: when the client should try again
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """`Retry-After` when the outcome asks the client to come back later."""
+        return None if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 async def classify_one(request: Request, services: Services) -> Classified:
@@ -68,7 +75,9 @@ async def classify_one(request: Request, services: Services) -> Classified:
     try:
         services.admission.check(1)
     except OverloadedError as e:
-        return Classified(429, uploads[0].filename, error="overloaded", reason=str(e))
+        return Classified(
+            429, uploads[0].filename, error="overloaded", reason=str(e), retry_after_s=e.retry_after_s
+        )
     events = to_events(uploads, settings)
     started = time.perf_counter()
     try:
@@ -78,7 +87,11 @@ async def classify_one(request: Request, services: Services) -> Classified:
         result = await services.waiter.wait(events[0].meta.job_id, settings.predict_timeout_s)
     except PublishError as e:
         return Classified(
-            503, uploads[0].filename, error="broker_unavailable", reason=f"Kafka is unavailable: {e}"
+            503,
+            uploads[0].filename,
+            error="broker_unavailable",
+            reason=f"Kafka is unavailable: {e}",
+            retry_after_s=BROKER_RETRY_AFTER_S,
         )
     except ResultTimeoutError as e:
         return Classified(504, uploads[0].filename, error="result_timeout", reason=str(e))
@@ -121,8 +134,7 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
         if outcome.error == "no_file":
             return RedirectResponse("/", status_code=302)
         shown = PageResult(outcome.filename, outcome.label, outcome.score, outcome.reason)
-        headers = RETRY_AFTER if outcome.status in (429, 503) else None
-        return HTMLResponse(services.page.render(shown), status_code=outcome.status, headers=headers)
+        return HTMLResponse(services.page.render(shown), status_code=outcome.status, headers=outcome.headers)
 
     @router.post(
         "/predict",
@@ -137,9 +149,8 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
         if outcome.status != 200:
             if outcome.status >= 500:
                 logger.warning("/predict answered %d: %s", outcome.status, outcome.reason)
-            headers = RETRY_AFTER if outcome.status in (429, 503) else None
             body = PredictBody(success=False).model_dump()
-            return JSONResponse(body, status_code=outcome.status, headers=headers)
+            return JSONResponse(body, status_code=outcome.status, headers=outcome.headers)
         return JSONResponse(
             PredictBody(success=True, prediction=outcome.label, score=outcome.score).model_dump()
         )

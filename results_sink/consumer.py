@@ -13,7 +13,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from pipeline_core.clients import create_consumer, wait_for_admin
+from pipeline_core.clients import create_consumer, partition_names, wait_for_admin
 from pipeline_core.errors import BrokerUnavailableError, DecodeError
 from pipeline_core.events import FeedbackEvent, PredictionEvent, Record, decode_feedback, decode_prediction
 from pipeline_core.topics import ensure_topics, pipeline_topics
@@ -105,15 +105,11 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.partitions = frozenset()
         if revoked:
-            logger.info("partitions revoked: %s", _names(revoked))
+            logger.info("partitions revoked: %s", partition_names(revoked))
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.partitions = frozenset(assigned)
-        logger.info("partitions assigned: %s", _names(assigned) or "none")
-
-
-def _names(partitions: set[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions))
+        logger.info("partitions assigned: %s", partition_names(assigned) or "none")
 
 
 class SinkConsumer:

@@ -32,7 +32,7 @@ def test_uploads_past_the_backlog_limit_get_429_with_retry_after(api_settings_fa
         predicted = client.post("/predict", files={"file": ("a.png", make_image("PNG"), "image/png")})
         assert predicted.status_code == 429
         assert predicted.json() == {"success": False, "prediction": None, "score": None}
-        assert "Retry-After" in predicted.headers
+        assert int(predicted.headers["Retry-After"]) >= 1
         assert client.get("/readyz").status_code == 200, "an overloaded API is still ready"
 
 
