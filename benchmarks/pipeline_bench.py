@@ -54,6 +54,13 @@ class Config:
 
 ORIGINAL_RPS = {"one model service": 5.8, "two model services": 9.7}
 DEFAULT_CONFIG = Config(2, 1)  # what `make run` starts on 2 cores: 2 consumers, the cores divided among them
+CONSUMER_BATCH = 4  # the consumers' BATCH_MAX_SIZE default, which a saturated consumer's polls fill
+# Closed-loop users for saturation, each keeping one 4-image upload in flight: 64 images queue, enough that no
+# consumer runs dry between uploads and far below the API's admission limit (MAX_BACKLOG_IMAGES=256).
+SATURATING_USERS = 16
+# The first system's warm-up also warms the broker's JIT compiler (seen using a third of a core for its first
+# half minute), which a long-running broker has long finished; later systems reuse the warm broker.
+FIRST_WARM_UP_S, WARM_UP_S = 25.0, 5.0
 
 
 def bench_photos() -> list[tuple[str, bytes]]:
@@ -72,28 +79,45 @@ def bench_photos() -> list[tuple[str, bytes]]:
     return photos
 
 
-def measure_model(photos: Sequence[tuple[str, bytes]], threads: int, quick: bool) -> dict[str, Any]:
-    """The model-only ceiling, and the model's CPU-seconds per image at batch 1, in this process."""
-    import numpy as np
-
+def measure_model(
+    photos: Sequence[tuple[str, bytes]], threads: int, quick: bool, consumer: Config | None = None
+) -> dict[str, Any]:
+    """The model-only ceiling with `threads` in this process; with `consumer`, also the model's own CPU-seconds
+    per image as the consumers run it (their threads, their batch size): the yardstick for the pipeline's CPU."""
     from inference_consumer.model import load_classifier
     from inference_consumer.settings import DEFAULT_MODEL_CACHE
 
     classifier = load_classifier(cache_dir=DEFAULT_MODEL_CACHE, num_threads=threads)
     images = [data for _, data in photos]
     ceiling = measure_ceiling(classifier, images, (1, 4, 16), runs=3 if quick else 7)
-    rows = np.stack([classifier.preprocess(d) for d in images])
-    calls = 40 if quick else 200
-    cpu_before = psutil.Process().cpu_times()
-    for n in range(calls):
-        classifier.predict(rows[n % len(rows)][None])
-    cpu_after = psutil.Process().cpu_times()
-    spent = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-    return ceiling | {
-        "model_cpu_s_per_image": spent / calls,
+    result = ceiling | {
         "preprocess_ms_per_image": measure_preprocessing(classifier, images, repeats=10),
         "threads": threads,
     }
+    if consumer is not None:
+        as_consumer = load_classifier(cache_dir=DEFAULT_MODEL_CACHE, num_threads=consumer.threads)
+        result["consumer_threads"] = consumer.threads
+        result["model_cpu_ms_per_image"] = {
+            str(batch): model_cpu_ms_per_image(as_consumer, images, batch, 40 if quick else 200)
+            for batch in (1, CONSUMER_BATCH)
+        }
+    return result
+
+
+def model_cpu_ms_per_image(classifier: Any, images: Sequence[bytes], batch: int, count: int) -> float:
+    """CPU-milliseconds this process spends per image on `classifier.predict` at `batch` (after a warm-up)."""
+    import numpy as np
+
+    rows = np.stack([classifier.preprocess(d) for d in images])
+    batch_rows = np.resize(rows, (batch, *rows.shape[1:]))
+    classifier.predict(batch_rows)
+    calls = max(1, count // batch)
+    cpu_before = psutil.Process().cpu_times()
+    for _ in range(calls):
+        classifier.predict(batch_rows)
+    cpu_after = psutil.Process().cpu_times()
+    spent = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    return 1000 * spent / (calls * batch)
 
 
 class CpuMeter:
@@ -174,8 +198,9 @@ def run_level(
     profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Offer one load level (open loop at `rate`, or `closed_loop_clients` users) and summarise it;
-    with `profile_dir`, py-spy samples each service meanwhile and writes a flame graph per service."""
-    profilers = start_profilers(system, profile_dir, duration_s) if profile_dir else []
+    with `profile_dir`, every process is profiled meanwhile (see `start_profilers`)."""
+    broker_pid = meter.processes["broker"].pid if "broker" in meter.processes else None
+    profilers = start_profilers(system, profile_dir, duration_s, broker_pid) if profile_dir else []
     meter.start()
     if closed_loop_clients:
         load = asyncio.run(
@@ -204,36 +229,106 @@ def run_level(
     return summary
 
 
-def start_profilers(system: System, profile_dir: Path, duration_s: float) -> list[subprocess.Popen[bytes]]:
-    """py-spy flame graphs of the API, the first consumer and the sink over the coming level."""
+def start_profilers(
+    system: System, profile_dir: Path, duration_s: float, broker_pid: int | None
+) -> list[subprocess.Popen[bytes]]:
+    """Over the coming level: py-spy flame graphs of the API, the first consumer, the sink and this load
+    generator, and a Java Flight Recorder profile of the broker (summarised by `summarise_broker_profile`)."""
+    import os
     import shutil
 
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     profile_dir.mkdir(parents=True, exist_ok=True)
-    profilers = []
-    for name in ("api", "inference-1", "sink"):
-        process = system.services[name].process
-        assert process is not None
+    seconds = max(1, int(duration_s) - 2)
+    pids = {name: system.services[name].process for name in ("api", "inference-1", "sink")}
+    targets = {name: process.pid for name, process in pids.items() if process is not None}
+    targets["load-generator"] = os.getpid()
+    profilers = [
+        subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(seconds),
+                "--rate",
+                "100",
+                "--nonblocking",
+                "--output",
+                str(profile_dir / f"{name}.svg"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in targets.items()
+    ]
+    jcmd = shutil.which("jcmd")
+    if broker_pid is not None and jcmd:
         profilers.append(
             subprocess.Popen(
                 [
-                    py_spy,
-                    "record",
-                    "--pid",
-                    str(process.pid),
-                    "--duration",
-                    str(max(1, int(duration_s) - 2)),
-                    "--rate",
-                    "200",
-                    "--nonblocking",
-                    "--output",
-                    str(profile_dir / f"{name}.svg"),
+                    jcmd,
+                    str(broker_pid),
+                    "JFR.start",
+                    "name=bench",
+                    "settings=profile",
+                    f"duration={seconds}s",
+                    f"filename={profile_dir / 'broker.jfr'}",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         )
     return profilers
+
+
+def summarise_broker_profile(profile_dir: Path, top: int = 25) -> str | None:
+    """broker.jfr's CPU samples as text: share by thread and by method (self and inclusive)."""
+    import re
+    import shutil
+    from collections import Counter
+
+    jfr, recording = shutil.which("jfr"), profile_dir / "broker.jfr"
+    for _ in range(60):  # JFR writes the file when the recording's duration ends
+        if recording.exists() and recording.stat().st_size > 0:
+            break
+        time.sleep(1)
+    if jfr is None or not recording.exists():
+        return None
+    time.sleep(2)
+    printed = subprocess.run(
+        [jfr, "print", "--events", "jdk.ExecutionSample", str(recording)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    ).stdout
+    threads: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    samples = 0
+    for event in printed.split("jdk.ExecutionSample")[1:]:
+        frames = [f.split("(")[0] for f in re.findall(r"^\s+([\w.$<>]+\(.*?\))\s+line:", event, re.M)]
+        if not frames:
+            continue
+        samples += 1
+        thread = re.search(r'sampledThread = "([^"]+)"', event)
+        threads[re.sub(r"-?\d+", "", thread.group(1)) if thread else "?"] += 1
+        own[frames[0]] += 1
+        inclusive.update(set(frames))
+    recording.unlink()
+    if not samples:
+        return None
+    share = lambda n: f"{100 * n / samples:5.1f}%"  # noqa: E731
+    lines = [f"Broker CPU samples (Java Flight Recorder): {samples}", "", "By thread (numbers removed):"]
+    lines += [f"{share(n)}  {name}" for name, n in threads.most_common(10)]
+    lines += ["", "Self time by method:"] + [f"{share(n)}  {name}" for name, n in own.most_common(top)]
+    lines += ["", "Inclusive time by method:"]
+    lines += [f"{share(n)}  {name}" for name, n in inclusive.most_common(2 * top)]
+    text = "\n".join(lines) + "\n"
+    (profile_dir / "broker.txt").write_text(text)
+    return text
 
 
 def start_system(bootstrap: str, work: Path, config: Config, log_dir: Path) -> tuple[System, float]:
@@ -247,9 +342,9 @@ def start_system(bootstrap: str, work: Path, config: Config, log_dir: Path) -> t
     return system, time.monotonic() - started
 
 
-def warm_up(system: System, photos: Sequence[tuple[str, bytes]]) -> None:
-    """A few images through every consumer, so first-batch costs stay out of the measurements."""
-    load = asyncio.run(run_open_loop(system.api_url, system.sink_url, photos, 40, 2, 4))
+def warm_up(system: System, photos: Sequence[tuple[str, bytes]], seconds: float) -> None:
+    """Images through every consumer for `seconds`, so start-up costs stay out of the measurements."""
+    load = asyncio.run(run_open_loop(system.api_url, system.sink_url, photos, 40, seconds, 4))
     if load.errors or load.timed_out:
         raise RuntimeError(f"warm-up failed: {load.errors[:3]} timed out {load.timed_out}")
 
@@ -275,10 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     photos = bench_photos()
     report: dict[str, Any] = {"machine": machine_info(), "level_seconds": level_s, "smoke": quick}
 
-    report["model"] = measure_model(photos, threads=2, quick=quick)
+    configs = [Config(1, 2)] if quick else [Config(1, 2), Config(2, 1), Config(2, 2), Config(4, 1)]
+    # The sweep runs what `make run` runs (2 consumers sharing the cores), at its own saturation.
+    config = configs[0] if quick else DEFAULT_CONFIG
+    report["model"] = measure_model(photos, threads=2, quick=quick, consumer=config)
+    report["saturating_users"] = SATURATING_USERS
     ceiling = report["model"]["ceiling_images_per_s"]
     logger.info("model-only ceiling: %.0f images/s", ceiling)
-    configs = [Config(1, 2)] if quick else [Config(1, 2), Config(2, 1), Config(2, 2), Config(4, 1)]
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-") as work_dir:
         work = Path(work_dir)
         broker_started = time.monotonic()
@@ -287,43 +385,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker_pid = local._process.pid if local is not None and local._process is not None else None
         report["scaling"] = []
         best: tuple[float, Config] | None = None
-        for config in configs:
-            system, ready_s = start_system(bootstrap, work, config, work)
+        for n, scaled in enumerate(configs):
+            system, ready_s = start_system(bootstrap, work, scaled, work)
             try:
-                warm_up(system, photos)
+                warm_up(system, photos, 2.0 if quick else FIRST_WARM_UP_S if n == 0 else WARM_UP_S)
                 meter = CpuMeter(system, broker_pid)
-                # Saturation: users that keep 32 images in the queue, so it never runs dry nor overflows.
-                level = run_level(system, meter, photos, 0, level_s, 4, closed_loop_clients=8)
-                level["config"] = config.name
+                level = run_level(system, meter, photos, 0, level_s, 4, closed_loop_clients=SATURATING_USERS)
+                level["config"] = scaled.name
                 level["ready_s"] = ready_s
                 level["peak_rss_mb"] = dict(meter.peak_rss_mb)
                 report["scaling"].append(level)
                 if best is None or level["completed_images_per_s"] > best[0]:
-                    best = (level["completed_images_per_s"], config)
+                    best = (level["completed_images_per_s"], scaled)
             finally:
                 system.stop()
         assert best is not None
-        # The sweep runs what `make run` runs (2 consumers sharing the cores), at its own saturation.
-        config = DEFAULT_CONFIG if not quick else configs[0]
-        saturation = next(lv["completed_images_per_s"] for lv in report["scaling"] if lv["config"] == config.name)
+        saturation = next(
+            lv["completed_images_per_s"] for lv in report["scaling"] if lv["config"] == config.name
+        )
         report["best_config"] = config.name
+        report["as_make_run"] = config == DEFAULT_CONFIG
         report["best_scaling"] = {"config": best[1].name, "images_per_s": best[0]}
         report["saturation_images_per_s"] = saturation
         system, ready_s = start_system(bootstrap, work, config, work)
         report["ready_s"] = ready_s
         try:
-            warm_up(system, photos)
+            warm_up(system, photos, 2.0 if quick else WARM_UP_S)
             meter = CpuMeter(system, broker_pid)
             fractions = (0.5, 2.0) if quick else (0.25, 0.5, 0.75, 1.0, 1.25, 2.0)
             report["sweep"] = []
             for fraction in fractions:
-                profile = output / "profiles" if fraction == 1.0 and not quick else None
-                level = run_level(
-                    system, meter, photos, saturation * fraction, level_s, 4, profile_dir=profile
-                )
+                level = run_level(system, meter, photos, saturation * fraction, level_s, 4)
                 level["fraction_of_saturation"] = fraction
                 report["sweep"].append(level)
             report["peak_rss_mb"] = dict(meter.peak_rss_mb)
+            if not quick:
+                # Profilers take CPU from the system they watch, so they get a level of their own, kept out of
+                # the tables above.
+                profiles = output / "profiles"
+                report["profiled_level"] = run_level(
+                    system, meter, photos, saturation, level_s, 4, profile_dir=profiles
+                )
+                report["broker_profile"] = summarise_broker_profile(profiles)
         finally:
             system.stop()
     report["model_after"] = measure_model(photos, threads=2, quick=True)

@@ -33,16 +33,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
         f"| model-only ceiling ({model['runtime']}, {model['threads']} threads, batch {model['best_batch_size']}) "
         f"| {ceiling:.0f} (again after the run: {_f(after, 0)}) | 100% | |",
-        f"| end to end, saturated ({report['best_config']}, as `make run`) | {saturation:.0f} "
+        f"| end to end, saturated ({report['best_config']}"
+        f"{', as `make run`' if report.get('as_make_run', True) else ''}) | {saturation:.0f} "
         f"| {saturation / ceiling:.0%} | {saturation / ORIGINAL_RPS:.0f}x |",
         "",
-        f"Model CPU per image: {model['model_cpu_s_per_image'] * 1000:.1f} ms (batch 1); preprocessing "
-        f"{model['preprocess_ms_per_image']:.2f} ms per image on top, counted in the consumers' share below.",
+        f"Model CPU per image as the consumers run it ({model['consumer_threads']} thread"
+        f"{'s' if model['consumer_threads'] > 1 else ''}): "
+        + ", ".join(f"{v:.1f} ms at batch {b}" for b, v in model["model_cpu_ms_per_image"].items())
+        + f"; preprocessing {model['preprocess_ms_per_image']:.2f} ms per image on top, counted in the "
+        "consumers' share below.",
         "Model-only images/s by batch size: "
         + ", ".join(f"batch {b}: {v['images_per_s']:.0f}" for b, v in model["batch_sizes"].items())
         + ".",
         f"Broker start: {report['broker_start_s']:.1f} s; system start to ready (broker up, model cached): "
         f"{report['ready_s']:.1f} s.",
+        "",
+        *_budget(report),
         "",
         "## Load sweep (upload sent to result received by SSE)",
         "",
@@ -79,7 +85,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _cpu_table(report)
     lines += [
         "",
-        "## Scaling on this machine (sustained throughput: 8 users each keeping 4 images in flight)",
+        f"## Scaling on this machine (sustained throughput: {report.get('saturating_users', 8)} users each "
+        "keeping 4 images in flight)",
         "",
         "| configuration | completed img/s | vs ceiling | p50 ms | peak RSS per consumer MB |",
         "|---|---|---|---|---|",
@@ -92,11 +99,56 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_f(max(rss, default=None), 0)} |"
         )
     lines += ["", "![throughput and latency by offered load](pipeline.png)", ""]
+    lines += _profiled(report)
     return "\n".join(lines) + "\n"
 
 
+def model_ms_per_image(report: dict[str, Any]) -> float:
+    """The model's own CPU per image as a saturated consumer runs it (its threads, its largest batch)."""
+    by_batch = report["model"]["model_cpu_ms_per_image"]
+    return float(by_batch[max(by_batch, key=int)])
+
+
+def _budget(report: dict[str, Any]) -> list[str]:
+    """The issue's CPU budget: everything but the model may cost at most 2/3 of what the model costs."""
+    level = next(lv for lv in report["scaling"] if lv["config"] == report["best_config"])
+    cpu = {k: v * 1000 for k, v in level["cpu_s_per_image"].items() if v is not None}
+    model = model_ms_per_image(report)
+    pipeline = sum(v for k, v in cpu.items() if k != "load generator")
+    everything = sum(cpu.values())
+    return [
+        f"CPU budget at saturation ({report['best_config']}): the model's own share is {model:.1f} ms per image; "
+        f"the whole system spent {pipeline:.1f} ms per image, plus {cpu.get('load generator', 0):.1f} ms in the "
+        f"load generator. Everything but the model (preprocessing, Kafka clients, HTTP, broker, sink) cost "
+        f"{(pipeline - model) / model:.2f}x the model ({(everything - model) / model:.2f}x with the load "
+        "generator); the target allows 0.67x.",
+    ]
+
+
+def _profiled(report: dict[str, Any]) -> list[str]:
+    level = report.get("profiled_level")
+    if not level:
+        return []
+    rt = level["round_trip_ms"]
+    lines = [
+        "## Profiles",
+        "",
+        f"A separate level at saturation ({level['offered_images_per_s']:.0f} img/s offered; completed "
+        f"{level['completed_images_per_s']:.1f} img/s, p50 {_f(rt['p50'])} ms, with the profilers taking CPU, "
+        "so not in the tables above): py-spy flame graphs of "
+        "[the API](profiles/api.svg), [a consumer](profiles/inference-1.svg), [the sink](profiles/sink.svg) "
+        "and [the load generator](profiles/load-generator.svg)",
+    ]
+    if report.get("broker_profile"):
+        lines[-1] += ", and [the broker's Java Flight Recorder samples](profiles/broker.txt):"
+        lines += ["", "```", *report["broker_profile"].splitlines()[:18], "```"]
+    else:
+        lines[-1] += "."
+    return [*lines, ""]
+
+
 def _cpu_table(report: dict[str, Any]) -> list[str]:
-    model_ms = report["model"]["model_cpu_s_per_image"] * 1000
+    model_ms = model_ms_per_image(report)
     names = sorted({n for level in report["sweep"] for n in level["cpu_s_per_image"]})
     rows = [
         "| offered img/s | " + " | ".join(names) + " | all but load gen | model alone |",

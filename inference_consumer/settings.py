@@ -39,7 +39,12 @@ class ConsumerSettings(PipelineSettings):
         "per image at batch 16 than at 4 here (docs/benchmarks/pipeline.md), and small batches keep latency low.",
     )
     batch_max_wait_ms: int = Field(
-        20, ge=0, le=10_000, description="How long a poll waits for images to arrive."
+        500,
+        ge=0,
+        le=10_000,
+        description="How long a poll waits when no image is ready (it returns as soon as one is). Each empty poll "
+        "costs ~1 ms of CPU in kafka-python: at 20 ms an idle consumer used 6% of a core, at 500 ms under 1%. "
+        "A stop request is noticed within this time.",
     )
     shutdown_grace_s: float = Field(15.0, gt=0, description="How long SIGTERM waits for the batch in hand.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve /metrics on this port; 0 turns it off.")

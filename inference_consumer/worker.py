@@ -12,7 +12,6 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from inference_consumer import metrics
 from inference_consumer.model import Classification, ImageClassifier
@@ -27,6 +26,7 @@ from pipeline_core.events import (
     decode_image,
     encode_prediction,
 )
+from pipeline_core.offsets import OffsetCommitter, first_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,17 @@ class Outcome:
 
 
 class _RebalanceLog(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Logs partition moves and drops the lag of revoked partitions. Batches are committed before the next
-    poll, so nothing is in hand on revoke."""
+    """Logs partition moves and drops the lag and the uncommitted offsets of revoked partitions. A batch is
+    finished before the next poll, so nothing is in hand on revoke; what was finished but not committed yet is
+    re-delivered to the partition's next owner (see `OffsetCommitter`)."""
+
+    def __init__(self, committer: OffsetCommitter) -> None:
+        self._committer = committer
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
             logger.info("partitions revoked: %s", partition_names(revoked))
+        self._committer.forget(revoked)
         _forget_lag(revoked)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -91,6 +96,7 @@ class InferenceWorker:
         self._stopping = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
+        self._committer: OffsetCommitter | None = None
         self._lag_updated = 0.0
 
     def stop(self) -> None:
@@ -115,8 +121,9 @@ class InferenceWorker:
             # A batch takes well under a second, so 30 s between polls is ample.
             max_poll_interval_ms=30_000,
         )
+        self._committer = OffsetCommitter(self._consumer, s.commit_interval_ms / 1000)
         self._await_topic_metadata(self._consumer)
-        self._consumer.subscribe([s.topic_images], listener=_RebalanceLog())
+        self._consumer.subscribe([s.topic_images], listener=_RebalanceLog(self._committer))
         logger.info(
             "joined group %s on %s; model %s %s on %s, batches of up to %d",
             s.consumer_group_inference,
@@ -128,7 +135,7 @@ class InferenceWorker:
         )
         try:
             while not self._stopping.is_set():
-                self._poll_once(self._consumer, self._producer)
+                self._poll_once(self._consumer, self._producer, self._committer)
         finally:
             self._close()
 
@@ -141,11 +148,14 @@ class InferenceWorker:
                 raise BrokerUnavailableError(f"no metadata for topic {self.settings.topic_images}")
             self._stopping.wait(0.2)
 
-    def _poll_once(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+    def _poll_once(
+        self, consumer: KafkaConsumer, producer: KafkaProducer, committer: OffsetCommitter
+    ) -> None:
         polled = consumer.poll(
             timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_size
         )
         records = [r for batch in polled.values() for r in batch]
+        committer.maybe_commit()
         if not records:
             if time.monotonic() - self._lag_updated >= LAG_REFRESH_S:
                 self._update_lag(consumer)
@@ -156,11 +166,11 @@ class InferenceWorker:
             # Not committed: rewind so the same records come again once the broker takes writes.
             self.stats.publish_retries += 1
             logger.warning("batch of %d not published (%s); will retry it", len(records), e)
-            for tp, offset in _first_offsets(records).items():
+            for tp, offset in first_offsets(records).items():
                 consumer.seek(tp, offset)
             self._stopping.wait(1.0)
             return
-        consumer.commit(_next_offsets(records))
+        committer.done(records)
         self._update_lag(consumer)
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
@@ -229,7 +239,12 @@ class InferenceWorker:
     def _close(self) -> None:
         if self._consumer is not None:
             _forget_lag(self.assignment)
-            self._consumer.close(autocommit=False)  # each batch was committed already; this leaves the group
+            try:
+                if self._committer is not None:  # the batch in hand was finished before the loop ended
+                    self._committer.commit()
+            except KafkaError as e:
+                logger.warning("last commit failed (%s); finished records will be re-delivered", e)
+            self._consumer.close(autocommit=False)  # this leaves the group
         if self._producer is not None:
             self._producer.close(timeout=self.settings.shutdown_grace_s)
         st = self.stats
@@ -319,19 +334,3 @@ def readable_job_id(record: Any) -> str | None:
     except UnicodeDecodeError:
         return None
     return key if 0 < len(key) <= _MAX_JOB_ID and key.isprintable() else None
-
-
-def _first_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
-    first: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        first[tp] = min(first.get(tp, r.offset), r.offset)
-    return first
-
-
-def _next_offsets(records: Sequence[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
-    last: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        last[tp] = max(last.get(tp, r.offset), r.offset)
-    return {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}

@@ -62,6 +62,14 @@ class PipelineSettings(BaseSettings):
         "inference", description="Consumer group of the inference consumers."
     )
     consumer_group_sink: str = Field("results-sink", description="Consumer group of the results sink.")
+    commit_interval_ms: int = Field(
+        200,
+        ge=0,
+        le=60_000,
+        description="The consumers (inference and sink) commit the offsets of finished work at most this often; "
+        "0 commits after every batch. A crash re-delivers up to this much finished work, which the sink drops "
+        "as duplicates.",
+    )
 
     max_image_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest accepted upload, per file."

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from pipeline_core.clients import create_admin, create_producer
+from pipeline_core.clients import RoundRobinPartitioner, create_admin, create_producer
 from pipeline_core.errors import BrokerUnavailableError
 from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import ensure_topics, pipeline_topics
@@ -74,6 +74,7 @@ def connect(settings: PipelineSettings) -> Connection:
             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             max_block_ms=MAX_BLOCK_MS,
             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            partitioner=RoundRobinPartitioner(),
         )
     except KafkaError as e:
         raise BrokerUnavailableError(

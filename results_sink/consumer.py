@@ -1,4 +1,5 @@
-"""The sink's Kafka side: a thread that polls predictions and feedback, stores each batch, then commits."""
+"""The sink's Kafka side: a thread that polls predictions and feedback, stores each batch, then commits
+its offsets (at most every COMMIT_INTERVAL_MS)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka.errors import KafkaError
 
 from pipeline_core.clients import create_consumer, partition_names, wait_for_admin
 from pipeline_core.errors import BrokerUnavailableError, DecodeError
 from pipeline_core.events import FeedbackEvent, PredictionEvent, Record, decode_feedback, decode_prediction
+from pipeline_core.offsets import OffsetCommitter, first_offsets
 from pipeline_core.topics import ensure_topics, pipeline_topics
 from results_sink import metrics
 from results_sink.settings import SinkSettings
@@ -79,31 +80,19 @@ def decode_records(records: Sequence[Any], settings: SinkSettings) -> DecodedBat
     return DecodedBatch(predictions, feedback, skipped)
 
 
-def _first_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
-    first: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        first[tp] = min(first.get(tp, r.offset), r.offset)
-    return first
-
-
-def _next_offsets(records: Sequence[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
-    last: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        last[tp] = max(last.get(tp, r.offset), r.offset)
-    return {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}
-
-
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Keeps the current assignment for `/readyz`; each batch is committed before the next poll, so a revoke
-    finds nothing in hand."""
+    """Keeps the current assignment for `/readyz`. Each batch is stored before the next poll, so a revoke finds
+    nothing in hand; stored but uncommitted records of a revoked partition are re-delivered to its next owner
+    (see `OffsetCommitter`), and the store drops them as duplicates."""
 
     def __init__(self) -> None:
         self.partitions: frozenset[TopicPartition] = frozenset()
+        self.committer: OffsetCommitter | None = None
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.partitions = frozenset()
+        if self.committer is not None:
+            self.committer.forget(revoked)
         if revoked:
             logger.info("partitions revoked: %s", partition_names(revoked))
 
@@ -172,11 +161,16 @@ class SinkConsumer:
             consumer = self._connect()
             if consumer is None:
                 return
+            committer = OffsetCommitter(consumer, self.settings.commit_interval_ms / 1000)
+            self._assignment.committer = committer
             try:
-                self._consume(consumer)
+                self._consume(consumer, committer)
             finally:
-                # Every batch was committed after it was stored; closing leaves the group at once.
-                consumer.close(autocommit=False)
+                try:
+                    committer.commit()  # every polled batch was stored before the loop ended
+                except KafkaError as e:
+                    logger.warning("last commit failed (%s); stored records will be re-delivered", e)
+                consumer.close(autocommit=False)  # this leaves the group at once
                 self._log_summary()
         except Exception as e:
             # Surfaced through /readyz (503 with this reason) and the log; the HTTP side keeps serving.
@@ -211,19 +205,20 @@ class SinkConsumer:
             return consumer
         return None
 
-    def _consume(self, consumer: KafkaConsumer) -> None:
+    def _consume(self, consumer: KafkaConsumer, committer: OffsetCommitter) -> None:
         while not self._stopping.is_set():
             try:
-                self._poll_once(consumer)
+                self._poll_once(consumer, committer)
             except KafkaError as e:
                 # kafka-python reconnects by itself; pause so a broker that is away is not hammered.
                 logger.warning("Kafka error while consuming (%s: %s); retrying", type(e).__name__, e)
                 self._stopping.wait(RETRY_PAUSE_S)
 
-    def _poll_once(self, consumer: KafkaConsumer) -> None:
+    def _poll_once(self, consumer: KafkaConsumer, committer: OffsetCommitter) -> None:
         polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_POLL_RECORDS)
         self._last_poll = time.monotonic()
         records = [r for batch in polled.values() for r in batch]
+        committer.maybe_commit()
         if not records:
             return
         batch = decode_records(records, self.settings)
@@ -233,11 +228,11 @@ class SinkConsumer:
             # Not committed: rewind so the same records come again once the store takes writes.
             self.stats.store_retries += 1
             logger.warning("batch of %d records not stored (%s); will retry it", len(records), e)
-            for tp, offset in _first_offsets(records).items():
+            for tp, offset in first_offsets(records).items():
                 consumer.seek(tp, offset)
             self._stopping.wait(RETRY_PAUSE_S)
             return
-        self._commit(consumer, records)
+        committer.done(records)  # step 3: the offsets, now that the store has the batch
         if new:
             self.on_stored(new)
 
@@ -270,14 +265,6 @@ class SinkConsumer:
         self.stats.stored += len(new)
         self.stats.undecodable += batch.undecodable
         self.stats.feedback += feedback
-
-    def _commit(self, consumer: KafkaConsumer, records: Sequence[Any]) -> None:
-        """Step 3: commit, after the store has the batch."""
-        try:
-            consumer.commit(_next_offsets(records))
-        except CommitFailedError as e:
-            # The partitions moved to another member; it re-reads this batch and the store drops the copies.
-            logger.warning("commit of %d records failed (%s); they will be re-delivered", len(records), e)
 
     def _log_summary(self) -> None:
         st = self.stats

@@ -1,0 +1,106 @@
+"""Offsets of a consumer's batches: where one starts (to rewind it) and ends (to commit it), and commits spaced
+out in time.
+
+Both consumers (inference and sink) commit a batch only once its work is safe elsewhere (predictions
+acknowledged by the broker, results in the store). Committing after every batch made offset commits a third of
+all the requests the broker served at saturation, each a round trip the consumer waited for. `OffsetCommitter`
+commits what is done at most every `interval_s` instead: a crash then re-delivers up to that much finished work,
+which the sink drops as duplicates (it keeps one result per job), and nothing unfinished is ever committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+logger = logging.getLogger(__name__)
+
+
+def first_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
+    """The lowest offset of each partition in `records`: where to seek to have the batch again."""
+    first: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        first[tp] = min(first.get(tp, r.offset), r.offset)
+    return first
+
+
+def next_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
+    """One past the highest offset of each partition in `records`: what to commit once they are done."""
+    last: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        last[tp] = max(last.get(tp, r.offset), r.offset)
+    return {tp: offset + 1 for tp, offset in last.items()}
+
+
+class OffsetCommitter:
+    """Collects the offsets of finished batches and commits them at most every `interval_s` (0: at once).
+
+    Call `done()` after a batch's work is safe, `maybe_commit()` on every turn of the poll loop (empty polls
+    too, so an idle consumer still commits what it finished), `commit()` before closing, and `forget()` from
+    the rebalance listener: kafka-python 3 runs listeners on its network loop, where a synchronous commit
+    cannot complete, so the finished but uncommitted records of a revoked partition are re-delivered to its
+    next owner instead (and dropped there by the sink as duplicates).
+    """
+
+    def __init__(self, consumer: KafkaConsumer, interval_s: float) -> None:
+        self._consumer = consumer
+        self._interval_s = interval_s
+        self._pending: dict[TopicPartition, int] = {}
+        self._lock = threading.Lock()  # the listener runs on kafka-python's network thread
+        self._committed_at = time.monotonic()
+
+    @property
+    def pending(self) -> dict[TopicPartition, int]:
+        """Offsets finished but not committed yet, by partition."""
+        with self._lock:
+            return dict(self._pending)
+
+    def done(self, records: Sequence[Any]) -> None:
+        """The work of `records` is safe: their offsets may be committed."""
+        with self._lock:
+            for tp, offset in next_offsets(records).items():
+                self._pending[tp] = max(offset, self._pending.get(tp, offset))
+        if self._interval_s <= 0:
+            self.commit()
+
+    def maybe_commit(self) -> None:
+        """Commit if something is pending and the interval has passed since the last commit."""
+        if self._pending and time.monotonic() - self._committed_at >= self._interval_s:
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit everything pending now (a broker round trip). A commit the group refuses because the
+        partitions moved is logged, not raised: their next owner re-reads those records."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        self._committed_at = time.monotonic()
+        if not pending:
+            return
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()})
+        except CommitFailedError as e:
+            logger.warning(
+                "commit of %d partitions' offsets failed (%s); their records will be re-delivered",
+                len(pending),
+                e,
+            )
+        except KafkaError:
+            with self._lock:  # e.g. the broker is away: keep them for the next attempt
+                for tp, offset in pending.items():
+                    self._pending[tp] = max(offset, self._pending.get(tp, offset))
+            raise
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop the pending offsets of partitions this member no longer holds."""
+        with self._lock:
+            for tp in partitions:
+                self._pending.pop(tp, None)
