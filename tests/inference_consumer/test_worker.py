@@ -144,3 +144,41 @@ def test_two_workers_split_the_partitions_and_classify_each_image_once(
     job_ids = [decode_prediction(r.value, r.headers).job_id for r in records]
     assert sorted(job_ids) == sorted(jobs), "every image classified exactly once"
     assert workers[0].stats.done > 0 and workers[1].stats.done > 0
+
+
+def _group_lag(settings: PipelineSettings) -> int:
+    from pipeline_core.clients import create_admin
+    from pipeline_core.lag import group_lag
+
+    admin = create_admin(settings, "tests")
+    try:
+        return sum(group_lag(admin, settings.consumer_group_inference, settings.topic_images).values())
+    finally:
+        admin.close()
+
+
+def test_finished_batches_are_committed_once_the_interval_passes_even_while_idle(
+    pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes]
+) -> None:
+    settings = consumer_settings(pipeline_settings, commit_interval_ms=1000, batch_max_wait_ms=100)
+    worker = InferenceWorker(settings, litert_classifier)
+    with running(worker):
+        publish_images(settings, {f"job-{n}": photos["coffee"] for n in range(6)})
+        predictions(settings, 6)
+        deadline = time.monotonic() + 20
+        while _group_lag(settings) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _group_lag(settings) == 0, "idle polls commit what was finished"
+
+
+def test_stop_commits_what_was_finished_within_the_interval(
+    pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes]
+) -> None:
+    settings = consumer_settings(pipeline_settings, commit_interval_ms=60_000)
+    worker = InferenceWorker(settings, litert_classifier)
+    with running(worker):
+        publish_images(settings, {f"job-{n}": photos["coffee"] for n in range(6)})
+        predictions(settings, 6)
+        assert _group_lag(settings) == 6, "finished, but the interval has not passed: nothing committed yet"
+    assert _group_lag(settings) == 0
+    assert worker.stats.done == 6

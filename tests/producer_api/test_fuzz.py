@@ -76,7 +76,10 @@ IN_CI = bool(os.environ.get("CI"))
 
 
 @settings(
-    max_examples=150, deadline=None, derandomize=IN_CI, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=IN_CI,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(files=st.lists(st.tuples(filenames, uploads()), min_size=0, max_size=5))
 def test_any_upload_gets_202_or_a_clear_4xx(fuzz_client: AppClient, files: list[tuple[str, bytes]]) -> None:
@@ -92,7 +95,10 @@ def test_any_upload_gets_202_or_a_clear_4xx(fuzz_client: AppClient, files: list[
 
 
 @settings(
-    max_examples=60, deadline=None, derandomize=IN_CI, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    derandomize=IN_CI,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     body=st.binary(max_size=4096),

@@ -138,3 +138,23 @@ def test_not_ready_once_the_consumer_stopped_while_health_and_results_still_answ
     assert ready.json() == {"status": "not ready", "reason": "consumer thread is not running (stopped)"}
     assert client.get("/healthz").status_code == 200
     assert client.get(f"/v1/results/{job}").status_code == 200
+
+
+def test_stop_commits_what_was_stored_so_a_restart_re_reads_nothing(
+    start_sink: Callable[..., SinkServer], publish: Callable[..., None], job_id: Callable[[], str]
+) -> None:
+    first = start_sink(commit_interval_ms=60_000)  # nothing is committed by time while the test runs
+    jobs = [job_id() for _ in range(3)]
+    publish(*(prediction(job) for job in jobs))
+    with httpx.Client(base_url=first.url, timeout=30) as client:
+        for job in jobs:
+            wait_for_result(first, client, job)
+    first.stop()  # commits the stored batch's offsets on the way out
+
+    duplicates = metric("duplicate_results_total")
+    second = start_sink(commit_interval_ms=60_000)  # same store, same group
+    later = job_id()
+    publish(prediction(later))
+    with httpx.Client(base_url=second.url, timeout=30) as client:
+        wait_for_result(second, client, later)
+    assert metric("duplicate_results_total") == duplicates, "the earlier batch was not delivered again"
