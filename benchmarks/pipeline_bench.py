@@ -377,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["saturating_users"] = SATURATING_USERS
     ceiling = report["model"]["ceiling_images_per_s"]
     logger.info("model-only ceiling: %.0f images/s", ceiling)
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-") as work_dir:
+    # The broker (on the stack) stops before its data folder is removed: it writes there until it exits.
+    with tempfile.TemporaryDirectory(prefix="bench-") as work_dir, ExitStack() as stack:
         work = Path(work_dir)
         broker_started = time.monotonic()
         bootstrap, local = stack.enter_context(provide_broker(work / "kafka", try_docker=False))
