@@ -83,6 +83,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     lines += _cpu_table(report)
+    lines += ["", "![CPU per image by process and offered load](pipeline-cpu.png)"]
     lines += [
         "",
         f"## Scaling on this machine (sustained throughput: {report.get('saturating_users', 8)} users each "
@@ -197,4 +198,26 @@ def render_plots(report: dict[str, Any], output: Path) -> None:
     fig.suptitle(f"{report['best_config']}, {report['machine']['cores']} cores, {report['machine']['date']}")
     fig.tight_layout()
     fig.savefig(output / "pipeline.png", dpi=110)
+    plt.close(fig)
+    _plot_cpu(report, output, plt)
+
+
+def _plot_cpu(report: dict[str, Any], output: Path, plt: Any) -> None:
+    """pipeline-cpu.png: CPU-seconds per image of each process at each sweep level, against the model's own."""
+    sweep = report["sweep"]
+    names = sorted({n for level in sweep for n in level["cpu_s_per_image"]})
+    labels = [f"{lv['offered_images_per_s']:.0f}" for lv in sweep]
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
+    bottom = [0.0] * len(sweep)
+    for name in names:
+        values = [(lv["cpu_s_per_image"].get(name) or 0.0) * 1000 for lv in sweep]
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    model = model_ms_per_image(report)
+    ax.axhline(model, color="black", linestyle="--", label="the model alone")
+    ax.axhline(model * 5 / 3, color="red", linestyle=":", label="target: model + 2/3")
+    ax.set(xlabel="offered images/s", ylabel="CPU ms per image", title="Where the CPU goes, per image")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(output / "pipeline-cpu.png", dpi=110)
     plt.close(fig)

@@ -30,3 +30,4 @@ def test_smoke_benchmark_runs_end_to_end_and_writes_its_report(tmp_path: Path) -
         )
     assert "| offered img/s |" in (tmp_path / "pipeline.md").read_text()
     assert (tmp_path / "pipeline.png").stat().st_size > 10_000
+    assert (tmp_path / "pipeline-cpu.png").stat().st_size > 10_000
