@@ -34,7 +34,7 @@ test: $(STAMP)  ## run the whole test suite against a real broker, model, photos
 test-fast: $(STAMP)  ## unit tests only (no broker, no model)
 	$(PY) -m pytest -m "not slow" tests/pipeline_core $(PYTEST_ARGS)
 
-bench: $(STAMP) jars  ## measure the pipeline against the model's own ceiling; writes docs/benchmarks/ (~6 min)
+bench: $(STAMP) jars  ## measure the pipeline against the model's own ceiling; writes docs/benchmarks/ (~5 min)
 	$(PY) -m benchmarks.pipeline_bench
 
 lint: $(STAMP)  ## ruff
