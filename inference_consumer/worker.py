@@ -160,8 +160,8 @@ class InferenceWorker:
             timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_size
         )
         records = [r for batch in polled.values() for r in batch]
-        committer.maybe_commit()
         if not records:
+            committer.maybe_commit()
             if time.monotonic() - self._lag_updated >= LAG_REFRESH_S:
                 self._update_lag(consumer)
             return
@@ -176,6 +176,7 @@ class InferenceWorker:
             self._stopping.wait(1.0)
             return
         committer.done(records)
+        committer.maybe_commit()  # after the batch, so a commit's round trip never delays a prediction
         self._update_lag(consumer)
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
@@ -244,11 +245,9 @@ class InferenceWorker:
     def _close(self) -> None:
         if self._consumer is not None:
             _forget_lag(self.assignment)
-            try:
-                if self._committer is not None:  # the batch in hand was finished before the loop ended
-                    self._committer.commit()
-            except KafkaError as e:
-                logger.warning("last commit failed (%s); finished records will be re-delivered", e)
+            # The batch in hand was finished before the loop ended; what a failed commit leaves is re-delivered.
+            if self._committer is not None:
+                self._committer.commit()
             self._consumer.close(autocommit=False)  # this leaves the group
         if self._producer is not None:
             self._producer.close(timeout=self.settings.shutdown_grace_s)

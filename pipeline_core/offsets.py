@@ -22,6 +22,9 @@ from kafka.structs import OffsetAndMetadata
 
 logger = logging.getLogger(__name__)
 
+# How long one commit may block the poll loop. kafka-python retries within it; past it, the next turn tries again.
+COMMIT_TIMEOUT_MS = 5_000
+
 
 def first_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
     """The lowest offset of each partition in `records`: where to seek to have the batch again."""
@@ -77,27 +80,34 @@ class OffsetCommitter:
         if self._pending and time.monotonic() - self._committed_at >= self._interval_s:
             self.commit()
 
-    def commit(self) -> None:
-        """Commit everything pending now (a broker round trip). A commit the group refuses because the
-        partitions moved is logged, not raised: their next owner re-reads those records."""
+    def commit(self) -> bool:
+        """Commit everything pending now (a broker round trip, at most `COMMIT_TIMEOUT_MS`); whether it worked.
+
+        Never raises: a commit the group refuses because the partitions moved is dropped (their next owner
+        re-reads those records), and one that fails because the broker is away is kept for the next attempt.
+        Either way the work is safe, and the consumer must go on polling rather than die."""
         with self._lock:
             pending, self._pending = self._pending, {}
         self._committed_at = time.monotonic()
         if not pending:
-            return
+            return True
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()}
         try:
-            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()})
+            self._consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except CommitFailedError as e:
             logger.warning(
-                "commit of %d partitions' offsets failed (%s); their records will be re-delivered",
+                "commit of %d partitions' offsets refused (%s); their records will be re-delivered",
                 len(pending),
                 e,
             )
-        except KafkaError:
-            with self._lock:  # e.g. the broker is away: keep them for the next attempt
+            return False
+        except KafkaError as e:
+            with self._lock:
                 for tp, offset in pending.items():
                     self._pending[tp] = max(offset, self._pending.get(tp, offset))
-            raise
+            logger.warning("commit failed (%s: %s); will try again", type(e).__name__, e)
+            return False
+        return True
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop the pending offsets of partitions this member no longer holds."""

@@ -166,10 +166,8 @@ class SinkConsumer:
             try:
                 self._consume(consumer, committer)
             finally:
-                try:
-                    committer.commit()  # every polled batch was stored before the loop ended
-                except KafkaError as e:
-                    logger.warning("last commit failed (%s); stored records will be re-delivered", e)
+                # Every polled batch was stored before the loop ended; what a failed commit leaves is re-delivered.
+                committer.commit()
                 consumer.close(autocommit=False)  # this leaves the group at once
                 self._log_summary()
         except Exception as e:
@@ -218,8 +216,8 @@ class SinkConsumer:
         polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_POLL_RECORDS)
         self._last_poll = time.monotonic()
         records = [r for batch in polled.values() for r in batch]
-        committer.maybe_commit()
         if not records:
+            committer.maybe_commit()
             return
         batch = decode_records(records, self.settings)
         try:
@@ -235,6 +233,7 @@ class SinkConsumer:
         committer.done(records)  # step 3: the offsets, now that the store has the batch
         if new:
             self.on_stored(new)
+        committer.maybe_commit()  # after handing results to the streams, so a commit never delays them
 
     def _store(self, batch: DecodedBatch) -> list[StoredResult]:
         """Step 1: store the results (one transaction), Step 2: the feedback; count what was new."""

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline_core.clients import RoundRobinPartitioner, create_consumer, create_producer
+from pipeline_core.clients import RoundRobinPartitioner, create_admin, create_consumer, create_producer
 from pipeline_core.offsets import OffsetCommitter, first_offsets, next_offsets
 from pipeline_core.settings import PipelineSettings
+from pipeline_core.topics import ensure_topics, pipeline_topics
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 
 def _produce(settings: PipelineSettings, count: int, **producer_config: Any) -> list[int]:
@@ -103,3 +105,39 @@ def test_batch_offsets_are_where_to_rewind_and_what_to_commit(pipeline_settings:
     topic = pipeline_settings.topic_predictions
     assert first_offsets(records) == {TopicPartition(topic, p): 0 for p in range(6)}
     assert next_offsets(records) == {TopicPartition(topic, p): 2 for p in range(6)}
+
+
+def test_commit_while_the_broker_is_away_keeps_the_offsets_and_succeeds_once_it_is_back(
+    local_broker_factory: Callable[[], Any], pipeline_settings: PipelineSettings
+) -> None:
+    broker = local_broker_factory()
+    broker.start()
+    try:
+        settings = pipeline_settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})
+        admin = create_admin(settings, "tests")
+        ensure_topics(admin, pipeline_topics(settings))
+        admin.close()
+        _produce(settings, 12, partitioner=RoundRobinPartitioner())
+        consumer = create_consumer(settings, "tests", settings.consumer_group_sink)
+        topic = settings.topic_predictions
+        consumer.assign([TopicPartition(topic, p) for p in range(6)])  # no group membership to lose
+        consumer.seek_to_beginning()
+        records: list[Any] = []
+        deadline = time.monotonic() + 60
+        while len(records) < 12 and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records += batch
+        committer = OffsetCommitter(consumer, interval_s=60)
+        committer.done(records)
+
+        broker.kill()
+        assert committer.commit() is False, "no broker: the commit fails, and does not raise"
+        assert committer.pending == {TopicPartition(topic, p): 2 for p in range(6)}, "kept for later"
+
+        broker.start()
+        assert committer.commit() is True
+        assert committer.pending == {}
+        assert _committed(consumer, settings) == {p: 2 for p in range(6)}
+        consumer.close(autocommit=False)
+    finally:
+        broker.stop()
