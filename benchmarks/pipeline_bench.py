@@ -290,13 +290,16 @@ def summarise_broker_profile(profile_dir: Path, top: int = 25) -> str | None:
     from collections import Counter
 
     jfr, recording = shutil.which("jfr"), profile_dir / "broker.jfr"
-    for _ in range(60):  # JFR writes the file when the recording's duration ends
-        if recording.exists() and recording.stat().st_size > 0:
+    # JFR writes the file when the recording's duration ends: wait until it exists and stops growing.
+    size = -1
+    for _ in range(60):
+        current = recording.stat().st_size if recording.exists() else -1
+        if current > 0 and current == size:
             break
+        size = current
         time.sleep(1)
-    if jfr is None or not recording.exists():
+    if jfr is None or size <= 0:
         return None
-    time.sleep(2)
     printed = subprocess.run(
         [jfr, "print", "--events", "jdk.ExecutionSample", str(recording)],
         capture_output=True,

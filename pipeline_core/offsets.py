@@ -69,9 +69,7 @@ class OffsetCommitter:
 
     def done(self, records: Sequence[Any]) -> None:
         """The work of `records` is safe: their offsets may be committed."""
-        with self._lock:
-            for tp, offset in next_offsets(records).items():
-                self._pending[tp] = max(offset, self._pending.get(tp, offset))
+        self._add(next_offsets(records))
         if self._interval_s <= 0:
             self.commit()
 
@@ -102,12 +100,15 @@ class OffsetCommitter:
             )
             return False
         except KafkaError as e:
-            with self._lock:
-                for tp, offset in pending.items():
-                    self._pending[tp] = max(offset, self._pending.get(tp, offset))
+            self._add(pending)
             logger.warning("commit failed (%s: %s); will try again", type(e).__name__, e)
             return False
         return True
+
+    def _add(self, offsets: dict[TopicPartition, int]) -> None:
+        with self._lock:
+            for tp, offset in offsets.items():
+                self._pending[tp] = max(offset, self._pending.get(tp, offset))
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop the pending offsets of partitions this member no longer holds."""

@@ -30,17 +30,22 @@ def _produce(settings: PipelineSettings, count: int, **producer_config: Any) -> 
     return [f.get(timeout=1).partition for f in futures]
 
 
+def _poll_all(consumer: KafkaConsumer, count: int = 12) -> list[Any]:
+    """Poll until the test's `count` records have come (failing after 60 s)."""
+    records: list[Any] = []
+    deadline = time.monotonic() + 60
+    while len(records) < count and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            records += batch
+    assert len(records) == count
+    return records
+
+
 def _joined_consumer(settings: PipelineSettings) -> tuple[KafkaConsumer, list[Any]]:
     """A group member that has polled all 12 records of the test."""
     consumer = create_consumer(settings, "tests", settings.consumer_group_sink)
     consumer.subscribe([settings.topic_predictions])
-    records: list[Any] = []
-    deadline = time.monotonic() + 60
-    while len(records) < 12 and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=500).values():
-            records += batch
-    assert len(records) == 12
-    return consumer, records
+    return consumer, _poll_all(consumer)
 
 
 def _committed(consumer: KafkaConsumer, settings: PipelineSettings) -> dict[int, int | None]:
@@ -122,13 +127,8 @@ def test_commit_while_the_broker_is_away_keeps_the_offsets_and_succeeds_once_it_
         topic = settings.topic_predictions
         consumer.assign([TopicPartition(topic, p) for p in range(6)])  # no group membership to lose
         consumer.seek_to_beginning()
-        records: list[Any] = []
-        deadline = time.monotonic() + 60
-        while len(records) < 12 and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records += batch
         committer = OffsetCommitter(consumer, interval_s=60)
-        committer.done(records)
+        committer.done(_poll_all(consumer))
 
         broker.kill()
         assert committer.commit() is False, "no broker: the commit fails, and does not raise"
