@@ -10,7 +10,8 @@ import time
 
 from kafka_local.provision import provide_broker
 from launcher.settings import LauncherSettings
-from launcher.system import ServiceDiedError, System
+from launcher.supervisor import Supervisor
+from launcher.system import System
 from pipeline_core.errors import PipelineError
 from pipeline_core.startup import load_settings
 
@@ -63,12 +64,14 @@ def _supervise(system: System, stop: threading.Event, started: float) -> int:
         system.api_port,
         system.sink_port,
     )
+    supervisor = Supervisor(system)
     while not stop.wait(0.5):
-        try:
-            system.check_alive()
-        except ServiceDiedError as e:
-            logger.error("%s; stopping everything", e)
-            return 1
+        supervisor.check()
+    if supervisor.given_up:
+        logger.error(
+            "services that crash-looped and were given up: %s", ", ".join(sorted(supervisor.given_up))
+        )
+        return 1
     return 0
 
 

@@ -138,7 +138,9 @@ class System:
         if module == "inference_consumer":
             # Each consumer serves /metrics on its own port, kept across restarts so a scraper keeps finding it.
             port = self.consumer_metrics_ports.setdefault(name, free_port())
-            env = env | {"METRICS_PORT": str(port)}
+            # A stable instance id makes a stable transactional id: the restarted consumer fences the one it
+            # replaces, and aborts the transaction that one left open at once instead of after its timeout.
+            env = env | {"METRICS_PORT": str(port), "CONSUMER_INSTANCE_ID": name}
         service = Service(name, [sys.executable, "-m", module], env, colour=colour)
         service.start(self.out)
         self.services[name] = service

@@ -6,16 +6,29 @@ import itertools
 import logging
 import os
 import socket
-import time
 from collections import defaultdict
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.partitioner import Partitioner
 
 from pipeline_core.errors import BrokerUnavailableError
+from pipeline_core.kafka_client import partition_names
+from pipeline_core.kafka_python_client import KafkaPythonConsumer, KafkaPythonProducer, translate
+from pipeline_core.retry import retry_call
 from pipeline_core.settings import PipelineSettings
+
+__all__ = [
+    "RoundRobinPartitioner",
+    "create_admin",
+    "create_consumer",
+    "create_consumer_client",
+    "create_producer",
+    "create_producer_client",
+    "partition_names",
+    "wait_for_admin",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,27 +108,55 @@ def create_admin(settings: PipelineSettings, role: str, **overrides: Any) -> Kaf
 
 def wait_for_admin(settings: PipelineSettings, role: str, timeout_s: float | None = None) -> KafkaAdminClient:
     """An admin client, once the broker answers; retries with logged attempts, then gives up."""
-    deadline = time.monotonic() + (timeout_s if timeout_s is not None else settings.kafka_connect_timeout_s)
-    attempt = 0
-    while True:
-        attempt += 1
+    timeout = timeout_s if timeout_s is not None else settings.kafka_connect_timeout_s
+
+    def connect() -> KafkaAdminClient:
         try:
             return create_admin(settings, role)
         except KafkaError as e:
-            if time.monotonic() >= deadline:
-                raise BrokerUnavailableError(
-                    f"no Kafka broker answered at {settings.kafka_bootstrap_servers} after {attempt} attempts "
-                    "(set KAFKA_BOOTSTRAP_SERVERS, or start the local broker with `make run`)"
-                ) from e
-            logger.info(
-                "Kafka at %s not reachable yet (attempt %d: %s); retrying",
-                settings.kafka_bootstrap_servers,
-                attempt,
-                type(e).__name__,
-            )
-            time.sleep(min(2.0, 0.25 * attempt))
+            raise BrokerUnavailableError(
+                f"Kafka at {settings.kafka_bootstrap_servers}: {type(e).__name__}"
+            ) from e
+
+    try:
+        return retry_call(connect, f"{role}: connecting to Kafka", timeout_s=timeout)
+    except BrokerUnavailableError as e:
+        raise BrokerUnavailableError(
+            f"no Kafka broker answered at {settings.kafka_bootstrap_servers} within {timeout:.0f} s "
+            "(set KAFKA_BOOTSTRAP_SERVERS, or start the local broker with `make run`)"
+        ) from e
 
 
-def partition_names(partitions: set[TopicPartition]) -> str:
-    """`topic[partition]` for each partition, sorted, for log lines about assignments."""
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions))
+def create_consumer_client(
+    settings: PipelineSettings, role: str, group_id: str, **overrides: Any
+) -> KafkaPythonConsumer:
+    """A runtime consumer: reads only committed records, so that aborted transactions are never seen."""
+    try:
+        consumer = create_consumer(settings, role, group_id, isolation_level="read_committed", **overrides)
+    except KafkaError as e:
+        raise translate(e, f"{role}: creating a consumer") from e
+    return KafkaPythonConsumer(consumer)
+
+
+def create_producer_client(
+    settings: PipelineSettings, role: str, transactional_id: str | None = None
+) -> KafkaPythonProducer:
+    """A runtime producer; with a transactional id, initialised (which fences an older one of that id)."""
+    overrides: dict[str, Any] = {}
+    if transactional_id is not None:
+        overrides = {
+            "transactional_id": transactional_id,
+            "transaction_timeout_ms": settings.transaction_timeout_ms,
+            "max_block_ms": 10_000,
+        }
+    try:
+        producer = create_producer(settings, role, **overrides)
+    except KafkaError as e:
+        raise translate(e, f"{role}: creating a producer") from e
+    if transactional_id is not None:
+        try:
+            producer.init_transactions()
+        except KafkaError as e:
+            producer.close(timeout=0)
+            raise translate(e, f"{role}: initialising transactions as {transactional_id}") from e
+    return KafkaPythonProducer(producer)

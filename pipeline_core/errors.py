@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class PipelineError(Exception):
-    """Root of every error this project raises on purpose."""
+    """Root of every error this project raises on purpose; `retriable` says whether trying again can help.
+
+    The class sets the default; one instance may say otherwise (`PublishError(..., retriable=False)` for a
+    record the broker will never take)."""
 
     retriable: bool = False
+
+    def __init__(self, *args: object, retriable: bool | None = None) -> None:
+        super().__init__(*args)
+        if retriable is not None:
+            self.retriable = retriable
 
 
 class ConfigurationError(PipelineError):
@@ -25,6 +35,30 @@ class BrokerUnavailableError(PipelineError):
 
 class PublishError(PipelineError):
     """An event was not acknowledged by the broker."""
+
+    retriable = True
+
+
+class RecordRefusedError(PublishError):
+    """The broker refused these records and always will (too large for the topic): `records` names them."""
+
+    retriable = False
+
+    def __init__(self, message: str, records: Sequence[object]) -> None:
+        super().__init__(message)
+        self.records = list(records)
+
+
+class KafkaAccessError(ConfigurationError):
+    """The cluster refused this client: authentication failed or an ACL is missing. Fix the named setting."""
+
+
+class CommitRefusedError(PipelineError):
+    """The group refused an offset commit because the partitions moved; their next owner re-reads them."""
+
+
+class TransactionError(PipelineError):
+    """A Kafka transaction could not be completed (aborted, fenced or timed out); nothing of it is visible."""
 
     retriable = True
 

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline_core.errors import DecodeError, SchemaVersionError
 
 SCHEMA_HEADER = "schema"
-Headers = Sequence[tuple[str, bytes]]
+# A header value may be null on the wire (Kafka allows it); readers must not assume bytes.
+Headers = Sequence[tuple[str, bytes | None]]
 
 IMAGE_SCHEMA = "image/1"
 PREDICTION_SCHEMA = "prediction/1"
@@ -90,8 +91,23 @@ def schema_of(headers: Headers | None) -> str | None:
     """The `schema` header of a record, or None when it has none."""
     for key, value in headers or ():
         if key == SCHEMA_HEADER:
-            return value.decode("utf-8", "replace")
+            return (value or b"").decode("utf-8", "replace")
     return None
+
+
+def header(headers: Headers | None, name: str) -> bytes | None:
+    """The first value of header `name` (None when it is absent or null)."""
+    for key, value in headers or ():
+        if key == name:
+            return value
+    return None
+
+
+def bounded(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters with non-printable ones replaced, for error messages that quote input:
+    a hostile record must not make an output (or a log line) as large as itself."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def _check_schema(headers: Headers | None, expected: str) -> None:
@@ -101,8 +117,8 @@ def _check_schema(headers: Headers | None, expected: str) -> None:
     if found is None:
         raise DecodeError(f"record has no {SCHEMA_HEADER!r} header; expected {expected}")
     if found.split("/")[0] == expected.split("/", maxsplit=1)[0]:
-        raise SchemaVersionError(f"record has schema {found}; this reader understands {expected}")
-    raise DecodeError(f"record has schema {found}; expected {expected}")
+        raise SchemaVersionError(f"record has schema {bounded(found)}; this reader understands {expected}")
+    raise DecodeError(f"record has schema {bounded(found)}; expected {expected}")
 
 
 def encode_image(event: ImageEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -114,7 +130,7 @@ def encode_image(event: ImageEvent) -> tuple[bytes, bytes, list[tuple[str, bytes
 def decode_image(value: bytes | None, headers: Headers | None) -> ImageEvent:
     """Read an image record back; `DecodeError` if it is not one."""
     _check_schema(headers, IMAGE_SCHEMA)
-    raw_meta = dict(headers or ()).get("meta")
+    raw_meta = header(headers, "meta")
     if raw_meta is None:
         raise DecodeError("image record has no 'meta' header")
     try:
@@ -144,7 +160,7 @@ def _decode_json(value: bytes | None, headers: Headers | None, model: type[_T], 
     try:
         return model.model_validate_json(value or b"")
     except ValidationError as e:
-        raise DecodeError(f"{schema} record is invalid: {e}") from e
+        raise DecodeError(f"{schema} record is invalid: {bounded(str(e), 300)}") from e
 
 
 def encode_prediction(event: PredictionEvent) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
@@ -168,19 +184,29 @@ def decode_feedback(value: bytes | None, headers: Headers | None) -> FeedbackEve
 
 
 V = TypeVar("V")
+W = TypeVar("W")
 
 
 @dataclass(frozen=True, slots=True)
 class Record(Generic[V]):
-    """A decoded value with the Kafka coordinates it came from, so every log line can name them."""
+    """A value with the Kafka coordinates it came from, so every log line can name them: raw bytes as polled
+    (`RawRecord`), or the event a topic's decoder made of them."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: V
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+    def replace_value(self, value: W) -> Record[W]:
+        """The same record carrying `value` (its decoded event) instead."""
+        return Record(self.topic, self.partition, self.offset, self.key, value, self.headers)
 
     @property
     def where(self) -> str:
         """`topic[partition]@offset`, for log lines."""
         return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+RawRecord = Record[bytes | None]

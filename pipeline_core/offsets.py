@@ -1,11 +1,9 @@
-"""Offsets of a consumer's batches: where one starts (to rewind it) and ends (to commit it), and commits spaced
-out in time.
+"""Offset commits spaced out in time, for at-least-once processing.
 
-Both consumers (inference and sink) commit a batch only once its work is safe elsewhere (predictions
-acknowledged by the broker, results in the store). Committing after every batch made offset commits a third of
-all the requests the broker served at saturation, each a round trip the consumer waited for. `OffsetCommitter`
-commits what is done at most every `interval_s` instead: a crash then re-delivers up to that much finished work,
-which the sink drops as duplicates (it keeps one result per job), and nothing unfinished is ever committed.
+Committing after every batch made offset commits a third of all the requests the broker served at saturation,
+each a round trip the consumer waited for. `OffsetCommitter` commits what is done at most every `interval_s`
+instead: a crash then re-delivers up to that much finished work, and nothing unfinished is ever committed.
+(With exactly-once processing the runtime commits offsets inside each batch's transaction instead.)
 """
 
 from __future__ import annotations
@@ -14,34 +12,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from pipeline_core.errors import CommitRefusedError, PipelineError
+from pipeline_core.events import RawRecord
+from pipeline_core.kafka_client import ConsumerClient, TopicPartition, next_offsets
 
 logger = logging.getLogger(__name__)
 
-# How long one commit may block the poll loop. kafka-python retries within it; past it, the next turn tries again.
-COMMIT_TIMEOUT_MS = 5_000
-
-
-def first_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
-    """The lowest offset of each partition in `records`: where to seek to have the batch again."""
-    first: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        first[tp] = min(first.get(tp, r.offset), r.offset)
-    return first
-
-
-def next_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
-    """One past the highest offset of each partition in `records`: what to commit once they are done."""
-    last: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        last[tp] = max(last.get(tp, r.offset), r.offset)
-    return {tp: offset + 1 for tp, offset in last.items()}
+# How long one commit may block the poll loop. The client retries within it; past it, the next turn tries again.
+COMMIT_TIMEOUT_S = 5.0
 
 
 class OffsetCommitter:
@@ -51,14 +30,14 @@ class OffsetCommitter:
     too, so an idle consumer still commits what it finished), `commit()` before closing, and `forget()` from
     the rebalance listener: kafka-python 3 runs listeners on its network loop, where a synchronous commit
     cannot complete, so the finished but uncommitted records of a revoked partition are re-delivered to its
-    next owner instead (and dropped there by the sink as duplicates).
+    next owner instead.
     """
 
-    def __init__(self, consumer: KafkaConsumer, interval_s: float) -> None:
+    def __init__(self, consumer: ConsumerClient, interval_s: float) -> None:
         self._consumer = consumer
         self._interval_s = interval_s
         self._pending: dict[TopicPartition, int] = {}
-        self._lock = threading.Lock()  # the listener runs on kafka-python's network thread
+        self._lock = threading.Lock()  # the listener runs on the client's network thread
         self._committed_at = time.monotonic()
 
     @property
@@ -67,7 +46,7 @@ class OffsetCommitter:
         with self._lock:
             return dict(self._pending)
 
-    def done(self, records: Sequence[Any]) -> None:
+    def done(self, records: Sequence[RawRecord]) -> None:
         """The work of `records` is safe: their offsets may be committed."""
         self._add(next_offsets(records))
         if self._interval_s <= 0:
@@ -79,7 +58,7 @@ class OffsetCommitter:
             self.commit()
 
     def commit(self) -> bool:
-        """Commit everything pending now (a broker round trip, at most `COMMIT_TIMEOUT_MS`); whether it worked.
+        """Commit everything pending now (a broker round trip, at most `COMMIT_TIMEOUT_S`); whether it worked.
 
         Never raises: a commit the group refuses because the partitions moved is dropped (their next owner
         re-reads those records), and one that fails because the broker is away is kept for the next attempt.
@@ -89,19 +68,18 @@ class OffsetCommitter:
         self._committed_at = time.monotonic()
         if not pending:
             return True
-        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()}
         try:
-            self._consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-        except CommitFailedError as e:
+            self._consumer.commit(pending, COMMIT_TIMEOUT_S)
+        except CommitRefusedError as e:
             logger.warning(
                 "commit of %d partitions' offsets refused (%s); their records will be re-delivered",
                 len(pending),
                 e,
             )
             return False
-        except KafkaError as e:
+        except PipelineError as e:
             self._add(pending)
-            logger.warning("commit failed (%s: %s); will try again", type(e).__name__, e)
+            logger.warning("commit failed (%s); will try again", e)
             return False
         return True
 

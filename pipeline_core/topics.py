@@ -14,6 +14,8 @@ from pipeline_core.settings import PipelineSettings
 
 logger = logging.getLogger(__name__)
 
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's `message.max.bytes` default
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -23,6 +25,11 @@ class TopicSpec:
     partitions: int
     replication_factor: int
     config: dict[str, str]
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest record batch the topic takes (the broker's default when the spec sets none)."""
+        return int(self.config.get("max.message.bytes", BROKER_DEFAULT_MAX_MESSAGE_BYTES))
 
 
 def pipeline_topics(settings: PipelineSettings) -> list[TopicSpec]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 import uvicorn
 
@@ -21,14 +22,28 @@ def main() -> int:
         return 2
     if settings.api_key is None and settings.sink_host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s without API_KEY: anyone can read results", settings.sink_host)
-    uvicorn.run(
-        create_app(settings),
+    consumer_died = threading.Event()
+    server: uvicorn.Server | None = None
+
+    def on_consumer_death() -> None:
+        # A sink that stores nothing must not look alive: stop serving, exit 1, let the supervisor restart it.
+        consumer_died.set()
+        if server is not None:
+            server.should_exit = True
+
+    config = uvicorn.Config(
+        create_app(settings, on_fatal=on_consumer_death),
         host=settings.sink_host,
         port=settings.sink_port,
         log_config=None,  # keep the one log format configure_logging set up
         # Longer than the streams' own grace, so they end cooperatively before uvicorn cancels them.
         timeout_graceful_shutdown=int(settings.uvicorn_graceful_shutdown_s),
     )
+    server = uvicorn.Server(config)
+    server.run()
+    if consumer_died.is_set():
+        logger.error("exiting with status 1: the results consumer died")
+        return 1
     return 0
 
 

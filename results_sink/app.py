@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from anyio import to_thread
@@ -36,8 +36,9 @@ def _fed_by_the_store(results: list[StoredResult]) -> None:
     """The consumer's callback when the store's feed hands every result to the hub (these ones too)."""
 
 
-def create_app(settings: SinkSettings) -> FastAPI:
-    """The results sink for these settings; its lifespan runs the consumer thread."""
+def create_app(settings: SinkSettings, on_fatal: Callable[[], None] | None = None) -> FastAPI:
+    """The results sink for these settings; its lifespan runs the consumer thread. `on_fatal` is called if
+    that thread dies (the entry point then stops the server and exits non-zero)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,7 +52,9 @@ def create_app(settings: SinkSettings) -> FastAPI:
         except BaseException:
             store.close()
             raise
-        consumer = SinkConsumer(settings, store, on_stored if feed is None else _fed_by_the_store)
+        consumer = SinkConsumer(
+            settings, store, on_stored if feed is None else _fed_by_the_store, on_fatal=on_fatal
+        )
         app.state.store, app.state.hub, app.state.consumer = store, hub, consumer
         consumer.start()
         try:

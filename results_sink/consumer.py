@@ -1,5 +1,5 @@
-"""The sink's Kafka side: a thread that polls predictions and feedback, stores each batch, then commits
-its offsets (at most every COMMIT_INTERVAL_MS)."""
+"""The sink's Kafka side: what a batch of predictions and feedback becomes (rows in the store, events for the
+live streams), run on the shared consumer runtime on a thread of its own."""
 
 from __future__ import annotations
 
@@ -7,118 +7,143 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
-
-from pipeline_core.clients import create_consumer, partition_names, wait_for_admin
-from pipeline_core.errors import BrokerUnavailableError, DecodeError
-from pipeline_core.events import FeedbackEvent, PredictionEvent, Record, decode_feedback, decode_prediction
-from pipeline_core.offsets import OffsetCommitter, first_offsets
+from pipeline_core.clients import create_consumer_client, create_producer_client, wait_for_admin
+from pipeline_core.events import (
+    FeedbackEvent,
+    PredictionEvent,
+    RawRecord,
+    Record,
+    decode_feedback,
+    decode_prediction,
+)
+from pipeline_core.jobs import is_issued_job_id
+from pipeline_core.kafka_client import OutRecord
+from pipeline_core.runtime import ConsumerRuntime, describe, runtime_config
 from pipeline_core.topics import ensure_topics, pipeline_topics
 from results_sink import metrics
 from results_sink.settings import SinkSettings
-from results_sink.store import ResultStore, StoredResult, StoreError
+from results_sink.store import ResultStore, StoredResult
 
 logger = logging.getLogger(__name__)
 
-POLL_TIMEOUT_MS = 500  # how quickly the loop notices a stop request when no records come
+POLL_TIMEOUT_S = 0.5  # how quickly the loop notices a stop request when no records come
 MAX_POLL_RECORDS = 500
 RECENT_POLL_S = 30.0  # readiness: a poll this recent counts even before partitions are assigned
-RETRY_PAUSE_S = 1.0
 
 OnStored = Callable[[list[StoredResult]], None]
 
 
-@dataclass
-class ConsumerStats:
-    """Counts for the shutdown summary line."""
+class SinkHandler:
+    """Stores each batch (results in one transaction, then feedback) and hands new results to the streams.
 
-    batches: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    undecodable: int = 0
-    feedback: int = 0
-    store_retries: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedBatch:
-    """One poll's records that hold readable events, split by topic."""
-
-    predictions: list[Record[PredictionEvent]]
-    feedback: list[Record[FeedbackEvent]]
-    undecodable: int
-
-
-def _where(record: Any) -> str:
-    return f"{record.topic}[{record.partition}]@{record.offset}"
-
-
-def decode_records(records: Sequence[Any], settings: SinkSettings) -> DecodedBatch:
-    """Decode a poll's records; an unreadable one is logged with its coordinates, counted and skipped."""
-    predictions: list[Record[PredictionEvent]] = []
-    feedback: list[Record[FeedbackEvent]] = []
-    skipped = 0
-    for r in records:
-        is_feedback = r.topic == settings.topic_feedback
-        try:
-            if is_feedback:
-                event = decode_feedback(r.value, r.headers)
-                feedback.append(Record(r.topic, r.partition, r.offset, r.key, event))
-            else:
-                prediction = decode_prediction(r.value, r.headers)
-                predictions.append(Record(r.topic, r.partition, r.offset, r.key, prediction))
-        except DecodeError as e:
-            # Poison-message policy: skip it, so the partition never stalls; the log line says where it is.
-            skipped += 1
-            metrics.UNDECODABLE_RECORDS.labels("feedback" if is_feedback else "prediction").inc()
-            logger.warning("skipping %s: %s", _where(r), e)
-    return DecodedBatch(predictions, feedback, skipped)
-
-
-class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Keeps the current assignment for `/readyz`. Each batch is stored before the next poll, so a revoke finds
-    nothing in hand; stored but uncommitted records of a revoked partition are re-delivered to its next owner
-    (see `OffsetCommitter`), and the store drops them as duplicates."""
-
-    def __init__(self) -> None:
-        self.partitions: frozenset[TopicPartition] = frozenset()
-        self.committer: OffsetCommitter | None = None
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.partitions = frozenset()
-        if self.committer is not None:
-            self.committer.forget(revoked)
-        if revoked:
-            logger.info("partitions revoked: %s", partition_names(revoked))
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.partitions = frozenset(assigned)
-        logger.info("partitions assigned: %s", partition_names(assigned) or "none")
-
-
-class SinkConsumer:
-    """Owns a kafka-python consumer on its own thread: poll -> decode -> store (one transaction) -> commit
-    -> `on_stored(new results)`.
-
-    Offsets are committed only after the store committed the batch, so a crash re-delivers it; the store
-    keeps one record per job, so the re-delivery is harmless.
+    The store keeps the first result of each job, so a prediction delivered twice is stored once; the
+    duplicate is counted (`sink_duplicate_results_total`) and logged with its coordinates.
     """
 
     def __init__(self, settings: SinkSettings, store: ResultStore, on_stored: OnStored) -> None:
         self.settings = settings
         self.store = store
         self.on_stored = on_stored
-        self.stats = ConsumerStats()
-        self._stopping = threading.Event()
+        self.duplicates = 0
+
+    def handle(self, batch: Sequence[Record[Any]]) -> list[OutRecord]:
+        """Store the batch; nothing goes back to Kafka."""
+        predictions = [r for r in batch if isinstance(r.value, PredictionEvent)]
+        feedback = [r for r in batch if isinstance(r.value, FeedbackEvent)]
+        if predictions:
+            self._store(predictions)
+        if feedback:
+            metrics.FEEDBACK_WRITTEN.inc(self.store.add_feedback(feedback))
+        return []
+
+    def on_poison(self, record: RawRecord, reason: str) -> list[OutRecord]:
+        """An unreadable prediction of a job this system issued: store a failed result, so the job ends."""
+        is_feedback = record.topic == self.settings.topic_feedback
+        metrics.UNDECODABLE_RECORDS.labels("feedback" if is_feedback else "prediction").inc()
+        job_id = _key_text(record)
+        if is_feedback or job_id is None or not is_issued_job_id(job_id, self.settings.job_id_key):
+            return []
+        failed = PredictionEvent(job_id=job_id, status="failed", error=f"result unreadable: {reason}")
+        self._store([record.replace_value(failed)])
+        return []
+
+    def _store(self, records: list[Record[PredictionEvent]]) -> None:
+        started = time.perf_counter()
+        new = self.store.write_batch([r.value for r in records])
+        metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
+        new_ids = {r.job_id for r in new}
+        for record in records:
+            event = record.value
+            if event.job_id in new_ids:
+                new_ids.discard(event.job_id)
+                metrics.RESULTS_WRITTEN.labels(event.status).inc()
+            else:
+                self.duplicates += 1
+                metrics.DUPLICATE_RESULTS.inc()
+                logger.info("job %s from %s is stored already; duplicate ignored", event.job_id, record.where)
+        for stored in new:
+            if stored.event.timings is not None:
+                metrics.RESULT_AGE_SECONDS.observe(stored.stored_at - stored.event.timings.received_at)
+        if new:
+            self.on_stored(new)
+
+
+def _key_text(record: RawRecord) -> str | None:
+    try:
+        key = record.key.decode("ascii") if record.key and len(record.key) <= 64 else None
+    except UnicodeDecodeError:
+        return None
+    return key
+
+
+def _decoders(settings: SinkSettings) -> dict[str, Callable[[RawRecord], object]]:
+    return {
+        settings.topic_predictions: lambda r: decode_prediction(r.value, r.headers),
+        settings.topic_feedback: lambda r: decode_feedback(r.value, r.headers),
+    }
+
+
+class SinkConsumer:
+    """The runtime on its own thread, with readiness for `/readyz` and a callback when its loop dies.
+
+    The sink consumes at-least-once whatever PROCESSING_GUARANTEE says: it writes nothing back to Kafka but
+    dead letters, and the store keeps one result per job, so a re-delivered batch changes nothing. It reads
+    `read_committed`, so it never stores a prediction of an aborted transaction.
+    """
+
+    def __init__(
+        self,
+        settings: SinkSettings,
+        store: ResultStore,
+        on_stored: OnStored,
+        on_fatal: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handler = SinkHandler(settings, store, on_stored)
+        self._on_fatal = on_fatal
+        s = settings
+        config = runtime_config(
+            s,
+            role="sink",
+            group_id=s.consumer_group_sink,
+            decoders=_decoders(s),
+            exactly_once=False,
+            max_records=MAX_POLL_RECORDS,
+            poll_timeout_s=POLL_TIMEOUT_S,
+            shutdown_grace_s=s.shutdown_grace_s,
+        )
+        self.runtime = ConsumerRuntime(
+            config,
+            self.handler,
+            lambda: create_consumer_client(
+                s, "sink", s.consumer_group_sink, max_poll_records=MAX_POLL_RECORDS
+            ),
+            lambda _tid: create_producer_client(s, "sink"),
+        )
+        self.failure: str | None = None
         self._thread = threading.Thread(target=self._run, name="sink-consumer", daemon=True)
-        self._assignment = _Assignment()
-        self._last_poll: float | None = None
-        self._state = "not started"
 
     def start(self) -> None:
         """Start the consumer thread."""
@@ -126,14 +151,14 @@ class SinkConsumer:
 
     def stop(self) -> None:
         """Stop polling, let the batch in hand finish within the grace period, leave the group; idempotent."""
-        self._stopping.set()
+        self.runtime.stop()
         if self._thread.is_alive():
             self._thread.join(self.settings.shutdown_grace_s)
             if self._thread.is_alive():
                 logger.warning(
                     "consumer thread still busy after %.0f s (%s); anything uncommitted will be re-delivered",
                     self.settings.shutdown_grace_s,
-                    self._state,
+                    self.runtime.state,
                 )
 
     @property
@@ -142,139 +167,41 @@ class SinkConsumer:
         return self._thread.is_alive()
 
     @property
-    def partitions(self) -> frozenset[TopicPartition]:
+    def partitions(self) -> frozenset[Any]:
         """The partitions this member holds now (empty during a rebalance)."""
-        return self._assignment.partitions
+        return self.runtime.assignment
 
     def not_ready_reason(self) -> str | None:
-        """None when the consumer is working, else why not (for `/readyz`)."""
+        """None when the consumer is working, else why not (for `/readyz` and `/healthz`)."""
+        if self.failure is not None:
+            return f"consumer loop died: {self.failure}"
         if not self._thread.is_alive():
-            return f"consumer thread is not running ({self._state})"
-        if self._assignment.partitions:
+            return f"consumer thread is not running ({self.runtime.state})"
+        if self.runtime.state.startswith("retrying"):
+            return f"consumer is {self.runtime.state}"
+        if self.runtime.assignment:
             return None
-        if self._last_poll is not None and time.monotonic() - self._last_poll < RECENT_POLL_S:
+        last = self.runtime.last_poll
+        if last is not None and time.monotonic() - last < RECENT_POLL_S:
             return None
-        return f"consumer has no partitions yet ({self._state})"
+        return f"consumer has no partitions yet ({self.runtime.state})"
 
     def _run(self) -> None:
         try:
-            consumer = self._connect()
-            if consumer is None:
-                return
-            committer = OffsetCommitter(consumer, self.settings.commit_interval_ms / 1000)
-            self._assignment.committer = committer
-            try:
-                self._consume(consumer, committer)
-            finally:
-                # Every polled batch was stored before the loop ended; what a failed commit leaves is re-delivered.
-                committer.commit()
-                consumer.close(autocommit=False)  # this leaves the group at once
-                self._log_summary()
+            self._ensure_topics()
+            self.runtime.run()
+        except InterruptedError:
+            return
         except Exception as e:
-            # Surfaced through /readyz (503 with this reason) and the log; the HTTP side keeps serving.
-            self._state = f"stopped by {type(e).__name__}: {e}"
-            logger.exception("results consumer stopped by an unexpected error")
-            return
-        self._state = "stopped"
+            # Never a live process doing nothing: /healthz says so, and the process is told to exit non-zero.
+            self.failure = describe(e)
+            logger.critical("results consumer died: %s", self.failure, exc_info=True)
+            if self._on_fatal is not None:
+                self._on_fatal()
 
-    def _connect(self) -> KafkaConsumer | None:
-        """Make sure the topics exist and join the group, retrying while the broker is away."""
-        s = self.settings
-        while not self._stopping.is_set():
-            self._state = f"connecting to Kafka at {s.kafka_bootstrap_servers}"
-            try:
-                admin = wait_for_admin(s, "sink")
-                try:
-                    ensure_topics(admin, pipeline_topics(s))
-                finally:
-                    admin.close()
-                consumer = create_consumer(
-                    s, "sink", s.consumer_group_sink, max_poll_records=MAX_POLL_RECORDS
-                )
-            except (BrokerUnavailableError, KafkaError) as e:
-                logger.error("cannot reach Kafka (%s); trying again", e)
-                self._stopping.wait(RETRY_PAUSE_S)
-                continue
-            consumer.subscribe([s.topic_predictions, s.topic_feedback], listener=self._assignment)
-            self._state = "consuming"
-            logger.info(
-                "joined group %s on %s and %s", s.consumer_group_sink, s.topic_predictions, s.topic_feedback
-            )
-            return consumer
-        return None
-
-    def _consume(self, consumer: KafkaConsumer, committer: OffsetCommitter) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._poll_once(consumer, committer)
-            except KafkaError as e:
-                # kafka-python reconnects by itself; pause so a broker that is away is not hammered.
-                logger.warning("Kafka error while consuming (%s: %s); retrying", type(e).__name__, e)
-                self._stopping.wait(RETRY_PAUSE_S)
-
-    def _poll_once(self, consumer: KafkaConsumer, committer: OffsetCommitter) -> None:
-        polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_POLL_RECORDS)
-        self._last_poll = time.monotonic()
-        records = [r for batch in polled.values() for r in batch]
-        if not records:
-            committer.maybe_commit()
-            return
-        batch = decode_records(records, self.settings)
+    def _ensure_topics(self) -> None:
+        admin = wait_for_admin(self.settings, "sink")  # retries, bounded by KAFKA_CONNECT_TIMEOUT_S
         try:
-            new = self._store(batch)
-        except StoreError as e:
-            # Not committed: rewind so the same records come again once the store takes writes.
-            self.stats.store_retries += 1
-            logger.warning("batch of %d records not stored (%s); will retry it", len(records), e)
-            for tp, offset in first_offsets(records).items():
-                consumer.seek(tp, offset)
-            self._stopping.wait(RETRY_PAUSE_S)
-            return
-        committer.done(records)  # step 3: the offsets, now that the store has the batch
-        if new:
-            self.on_stored(new)
-        committer.maybe_commit()  # after handing results to the streams, so a commit never delays them
-
-    def _store(self, batch: DecodedBatch) -> list[StoredResult]:
-        """Step 1: store the results (one transaction), Step 2: the feedback; count what was new."""
-        started = time.perf_counter()
-        new = self.store.write_batch([r.value for r in batch.predictions]) if batch.predictions else []
-        metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
-        for stored in new:
-            if stored.event.timings is not None:
-                metrics.RESULT_AGE_SECONDS.observe(stored.stored_at - stored.event.timings.received_at)
-        feedback = self.store.add_feedback(batch.feedback) if batch.feedback else 0
-        self._count(batch, new, feedback)
-        return new
-
-    def _count(self, batch: DecodedBatch, new: list[StoredResult], feedback: int) -> None:
-        new_ids = {r.job_id for r in new}
-        for record in batch.predictions:
-            event = record.value
-            if event.job_id in new_ids:
-                new_ids.discard(event.job_id)
-                metrics.RESULTS_WRITTEN.labels(event.status).inc()
-                logger.debug("stored %s result of job %s from %s", event.status, event.job_id, record.where)
-            else:
-                metrics.DUPLICATE_RESULTS.inc()
-                self.stats.duplicates += 1
-                logger.info("job %s from %s is stored already; duplicate ignored", event.job_id, record.where)
-        metrics.FEEDBACK_WRITTEN.inc(feedback)
-        self.stats.batches += 1
-        self.stats.stored += len(new)
-        self.stats.undecodable += batch.undecodable
-        self.stats.feedback += feedback
-
-    def _log_summary(self) -> None:
-        st = self.stats
-        logger.info(
-            "consumer stopped after %.0f s: %d batches, %d results stored, %d duplicates, %d undecodable, "
-            "%d feedback, %d store retries",
-            time.monotonic() - st.started,
-            st.batches,
-            st.stored,
-            st.duplicates,
-            st.undecodable,
-            st.feedback,
-            st.store_retries,
-        )
+            ensure_topics(admin, pipeline_topics(self.settings))
+        finally:
+            admin.close()

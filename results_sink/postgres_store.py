@@ -96,7 +96,9 @@ class PostgresResultStore:
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.Error as e:
-            raise StoreError(f"results store {action} failed: {e}") from e
+            # A lost connection may recover; data the server refuses (a NUL byte in text) is refused every time.
+            retriable = isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError))
+            raise StoreError(f"results store {action} failed: {e}", retriable=retriable) from e
 
     def write_batch(self, events: Sequence[PredictionEvent]) -> list[StoredResult]:
         """Insert each event unless its job is stored already; return the new ones, in seq order.

@@ -84,7 +84,9 @@ class SqliteResultStore:
             except sqlite3.Error as e:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise StoreError(f"results store write failed: {e}") from e
+                # A locked or unwritable database may recover; data it refuses will be refused every time.
+                retriable = isinstance(e, sqlite3.OperationalError)
+                raise StoreError(f"results store write failed: {e}", retriable=retriable) from e
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

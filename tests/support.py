@@ -7,6 +7,7 @@ import sqlite3
 import struct
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterable
 
 import httpx
@@ -93,3 +94,45 @@ def png_header_claiming(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + chunk(b"IEND", b"")
     )
+
+
+def predictions_on_topic(
+    settings: PipelineSettings, expected: set[str], timeout_s: float = 240, settle_s: float = 2.0
+) -> Counter[str]:
+    """How many times each job's prediction is on the predictions topic, read as a downstream consumer reads
+    it (`read_committed`, from the beginning, no group). Reads until every expected job is there and nothing
+    new came for `settle_s` (so a late duplicate is counted too), or until `timeout_s`."""
+    from kafka import TopicPartition
+
+    from pipeline_core.clients import create_consumer
+    from pipeline_core.events import decode_prediction
+
+    consumer = create_consumer(settings, "tests-reader", group_id=None, isolation_level="read_committed")
+    counts: Counter[str] = Counter()
+    try:
+        partitions = [
+            TopicPartition(settings.topic_predictions, p)
+            for p in sorted(consumer.partitions_for_topic(settings.topic_predictions) or ())
+        ]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = [r for rs in consumer.poll(timeout_ms=300).values() for r in rs]
+            for r in batch:
+                counts[decode_prediction(r.value, r.headers).job_id] += 1
+            if batch:
+                quiet_since = time.monotonic()
+            elif expected <= set(counts) and time.monotonic() - quiet_since >= settle_s:
+                break
+    finally:
+        consumer.close()
+    return counts
+
+
+def lost_and_duplicated(counts: Counter[str], expected: set[str]) -> tuple[int, int]:
+    """Expected jobs with no prediction on the topic, and predictions beyond the first of a job."""
+    lost = len(expected - set(counts))
+    duplicated = sum(n - 1 for job, n in counts.items() if job in expected)
+    return lost, duplicated

@@ -13,6 +13,7 @@ from inference_consumer.model.labels import Labels
 from inference_consumer.model.preprocessing import ImageSpec, preprocess
 from inference_consumer.model.runtime import ModelRuntime
 from pipeline_core.errors import ImageDecodeError, ModelLoadError
+from pipeline_core.events import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class ImageClassifier:
                 slots.append(slot)
             except ImageDecodeError as e:
                 results[slot] = e
+            except Exception as e:  # a decoder bug on odd bytes fails that image alone, never its batch
+                logger.warning("preprocessing raised %s on image %d of the batch", type(e).__name__, slot)
+                results[slot] = ImageDecodeError(f"preprocessing failed: {bounded(f'{type(e).__name__}: {e}')}")
         preprocessed = time.perf_counter()
         if arrays:
             for slot, classification in zip(

@@ -124,14 +124,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     """16/32-bit integer or float greyscale to 8-bit: 16-bit range /257, 0..1 floats x255, else min-max."""
-    pixels = np.asarray(image, dtype=np.float64)
+    pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     if image.mode == "F" and low >= 0.0 and high <= 1.0:
         pixels = pixels * 255.0
     elif image.mode.startswith("I;16") or (low >= 0.0 and 255.0 < high <= 65535.0):
         pixels = pixels / 257.0
-    elif low < 0.0 or high > 255.0:
+    elif (low < 0.0 or high > 255.0) and high > low:
         pixels = (pixels - low) * (255.0 / (high - low))
+    elif low < 0.0 or high > 255.0:  # one value outside 0..255 everywhere: a flat picture, mid-grey
+        pixels = np.full_like(pixels, 128.0)
     grey = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     return Image.fromarray(grey, "L").convert("RGB")
 

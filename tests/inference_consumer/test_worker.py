@@ -57,7 +57,8 @@ def publish_images(settings: PipelineSettings, images: dict[str, bytes]) -> None
 
 
 def read_topic(settings: PipelineSettings, topic: str, count: int, timeout_s: float = 60) -> list:  # type: ignore[type-arg]
-    consumer = create_consumer(settings, "tests", group_id=None)
+    # As a downstream reader reads: committed transactions only.
+    consumer = create_consumer(settings, "tests", group_id=None, isolation_level="read_committed")
     consumer.subscribe([topic])
     records = []
     deadline = time.monotonic() + timeout_s
@@ -96,7 +97,7 @@ def test_photos_are_classified_and_published_with_timings(
         assert event.model_name == "efficientnet-lite0" and event.runtime == "litert"
         assert event.timings is not None and event.timings.batch_size >= 1
         assert event.timings.received_at <= event.timings.dequeued_at <= event.timings.predicted_at
-    assert worker.stats.done == len(jobs)
+    assert worker.runtime.stats.records == len(jobs)
 
 
 def test_undecodable_image_gives_a_failed_result_and_a_dead_letter_and_the_partition_moves_on(
@@ -116,11 +117,10 @@ def test_undecodable_image_gives_a_failed_result_and_a_dead_letter_and_the_parti
         dead = read_topic(settings, settings.topic_dead_letter, 3)
     assert results["fine"].status == "done" and results["fine"].label == "espresso"
     assert results["broken"].status == "failed" and "cannot decode image" in (results["broken"].error or "")
-    assert results["foreign-1"].status == "failed" and "not a readable image event" in (
-        results["foreign-1"].error or ""
-    )
+    unreadable = f"not a readable {settings.topic_images} record"
+    assert results["foreign-1"].status == "failed" and unreadable in (results["foreign-1"].error or "")
     reasons = sorted(dict(r.headers)["dead-letter-reason"].decode().split(":")[0] for r in dead)
-    assert reasons == ["cannot decode image", "not a readable image event", "not a readable image event"]
+    assert reasons == ["cannot decode image", unreadable, unreadable]
     assert {r.value for r in dead} == {b"\xff\xd8\xff\xe0 not really a jpeg", b"hello", b"x"}
 
 
@@ -143,7 +143,7 @@ def test_two_workers_split_the_partitions_and_classify_each_image_once(
     assert assignments[0] | assignments[1] == set(range(6))
     job_ids = [decode_prediction(r.value, r.headers).job_id for r in records]
     assert sorted(job_ids) == sorted(jobs), "every image classified exactly once"
-    assert workers[0].stats.done > 0 and workers[1].stats.done > 0
+    assert workers[0].runtime.stats.records > 0 and workers[1].runtime.stats.records > 0
 
 
 def _group_lag(settings: PipelineSettings) -> int:
@@ -160,7 +160,12 @@ def _group_lag(settings: PipelineSettings) -> int:
 def test_finished_batches_are_committed_once_the_interval_passes_even_while_idle(
     pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes]
 ) -> None:
-    settings = consumer_settings(pipeline_settings, commit_interval_ms=1000, batch_max_wait_ms=100)
+    settings = consumer_settings(
+        pipeline_settings,
+        commit_interval_ms=1000,
+        batch_max_wait_ms=100,
+        processing_guarantee="at-least-once",  # exactly-once commits offsets in each batch's transaction
+    )
     worker = InferenceWorker(settings, litert_classifier)
     with running(worker):
         publish_images(settings, {f"job-{n}": photos["coffee"] for n in range(6)})
@@ -174,11 +179,25 @@ def test_finished_batches_are_committed_once_the_interval_passes_even_while_idle
 def test_stop_commits_what_was_finished_within_the_interval(
     pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes]
 ) -> None:
-    settings = consumer_settings(pipeline_settings, commit_interval_ms=60_000)
+    settings = consumer_settings(
+        pipeline_settings, commit_interval_ms=60_000, processing_guarantee="at-least-once"
+    )
     worker = InferenceWorker(settings, litert_classifier)
     with running(worker):
         publish_images(settings, {f"job-{n}": photos["coffee"] for n in range(6)})
         predictions(settings, 6)
         assert _group_lag(settings) == 6, "finished, but the interval has not passed: nothing committed yet"
     assert _group_lag(settings) == 0
-    assert worker.stats.done == 6
+    assert worker.runtime.stats.records == 6
+
+
+def test_with_exactly_once_each_batch_commits_its_offsets_in_its_transaction(
+    pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes]
+) -> None:
+    settings = consumer_settings(pipeline_settings, commit_interval_ms=60_000)
+    assert settings.processing_guarantee == "exactly-once"
+    worker = InferenceWorker(settings, litert_classifier)
+    with running(worker):
+        publish_images(settings, {f"job-{n}": photos["coffee"] for n in range(6)})
+        predictions(settings, 6)
+        assert _group_lag(settings) == 0, "offsets committed with the predictions, not spaced out"

@@ -11,7 +11,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from pipeline_core.clients import RoundRobinPartitioner, create_admin, create_consumer, create_producer
-from pipeline_core.offsets import OffsetCommitter, first_offsets, next_offsets
+from pipeline_core.kafka_client import first_offsets, next_offsets
+from pipeline_core.kafka_python_client import KafkaPythonConsumer
+from pipeline_core.offsets import OffsetCommitter
 from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import ensure_topics, pipeline_topics
 
@@ -31,12 +33,12 @@ def _produce(settings: PipelineSettings, count: int, **producer_config: Any) -> 
 
 
 def _poll_all(consumer: KafkaConsumer, count: int = 12) -> list[Any]:
-    """Poll until the test's `count` records have come (failing after 60 s)."""
+    """Poll until the test's `count` records have come (failing after 60 s), as the runtime sees them."""
+    client = KafkaPythonConsumer(consumer)
     records: list[Any] = []
     deadline = time.monotonic() + 60
     while len(records) < count and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=500).values():
-            records += batch
+        records += client.poll(0.5, 500)
     assert len(records) == count
     return records
 
@@ -67,7 +69,7 @@ def test_committer_waits_for_the_interval_then_commits_everything_done(
     _produce(pipeline_settings, 12, partitioner=RoundRobinPartitioner())
     consumer, records = _joined_consumer(pipeline_settings)
     try:
-        committer = OffsetCommitter(consumer, interval_s=1.0)
+        committer = OffsetCommitter(KafkaPythonConsumer(consumer), interval_s=1.0)
         committer.commit()  # nothing pending: no request, resets the clock
         committer.done(records[:6])
         committer.maybe_commit()
@@ -87,11 +89,11 @@ def test_committer_with_no_interval_commits_each_batch_and_forgets_revoked_parti
     _produce(pipeline_settings, 12, partitioner=RoundRobinPartitioner())
     consumer, records = _joined_consumer(pipeline_settings)
     try:
-        at_once = OffsetCommitter(consumer, interval_s=0)
+        at_once = OffsetCommitter(KafkaPythonConsumer(consumer), interval_s=0)
         first_partition = [r for r in records if r.partition == 0]
         at_once.done(first_partition)
         assert _committed(consumer, pipeline_settings)[0] == 2
-        spaced = OffsetCommitter(consumer, interval_s=60)
+        spaced = OffsetCommitter(KafkaPythonConsumer(consumer), interval_s=60)
         spaced.done(records)
         spaced.forget({TopicPartition(pipeline_settings.topic_predictions, 1)})
         assert TopicPartition(pipeline_settings.topic_predictions, 1) not in spaced.pending
@@ -127,7 +129,7 @@ def test_commit_while_the_broker_is_away_keeps_the_offsets_and_succeeds_once_it_
         topic = settings.topic_predictions
         consumer.assign([TopicPartition(topic, p) for p in range(6)])  # no group membership to lose
         consumer.seek_to_beginning()
-        committer = OffsetCommitter(consumer, interval_s=60)
+        committer = OffsetCommitter(KafkaPythonConsumer(consumer), interval_s=60)
         committer.done(_poll_all(consumer))
 
         broker.kill()

@@ -1,0 +1,206 @@
+"""`ConsumerClient` and `ProducerClient` on kafka-python, with its errors turned into the project's own."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.errors import (
+    AuthorizationError,
+    CommitFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    SaslAuthenticationFailedError,
+)
+from kafka.structs import OffsetAndMetadata
+
+from pipeline_core.errors import (
+    BrokerUnavailableError,
+    CommitRefusedError,
+    KafkaAccessError,
+    PipelineError,
+    PublishError,
+    RecordRefusedError,
+    TransactionError,
+)
+from pipeline_core.events import RawRecord, Record
+from pipeline_core.kafka_client import OutRecord, RebalanceListener, TopicPartition
+
+logger = logging.getLogger(__name__)
+
+
+def translate(error: KafkaError, doing: str) -> PipelineError:
+    """One kafka-python error as the project's: refused access is a configuration error, the rest a broker
+    that may come back (retriable when kafka-python says so)."""
+    if isinstance(error, (AuthorizationError, SaslAuthenticationFailedError)):
+        return KafkaAccessError(f"{doing}: the cluster refused this client ({type(error).__name__}: {error})")
+    retriable = bool(getattr(error, "retriable", False)) or isinstance(error, KafkaTimeoutError)
+    return BrokerUnavailableError(f"{doing}: {type(error).__name__}: {error}", retriable=retriable)
+
+
+def _ours(tps: Iterable[Any]) -> set[TopicPartition]:
+    return {TopicPartition(tp.topic, tp.partition) for tp in tps}
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, listener: RebalanceListener) -> None:
+        self._listener = listener
+
+    def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        self._listener.on_revoked(_ours(revoked))
+
+    def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        self._listener.on_assigned(_ours(assigned))
+
+
+class KafkaPythonConsumer:
+    """A `ConsumerClient` around one `KafkaConsumer` (made by `pipeline_core.clients.create_consumer`)."""
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
+        self._consumer.subscribe(list(topics), listener=_Listener(listener))
+
+    def topics_known(self, topics: Sequence[str]) -> bool:
+        return all(self._consumer.partitions_for_topic(t) for t in topics)
+
+    def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]:
+        try:
+            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as e:
+            raise translate(e, "poll") from e
+        return [
+            Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()))
+            for batch in polled.values()
+            for r in batch
+        ]
+
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        kafka_offsets = {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        try:
+            self._consumer.commit(kafka_offsets, timeout_ms=int(timeout_s * 1000))
+        except CommitFailedError as e:
+            raise CommitRefusedError(str(e)) from e
+        except KafkaError as e:
+            raise translate(e, "offset commit") from e
+
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        try:
+            return {tp: self._consumer.committed(KafkaTopicPartition(*tp)) for tp in partitions}
+        except KafkaError as e:
+            raise translate(e, "reading committed offsets") from e
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(KafkaTopicPartition(*tp), offset)
+
+    def seek_to_start(self, tp: TopicPartition) -> None:
+        self._consumer.seek_to_beginning(KafkaTopicPartition(*tp))
+
+    def assignment(self) -> set[TopicPartition]:
+        return _ours(self._consumer.assignment())
+
+    def group_metadata(self) -> object:
+        return self._consumer.group_metadata()
+
+    def lag(self) -> dict[TopicPartition, int]:
+        # Highwater and position are both known locally once a fetch response came: no broker round trip.
+        lag: dict[TopicPartition, int] = {}
+        try:
+            for tp in self._consumer.assignment():
+                highwater = self._consumer.highwater(tp)
+                position = self._consumer.position(tp, timeout_ms=0) if highwater is not None else None
+                if position is not None:
+                    lag[TopicPartition(tp.topic, tp.partition)] = max(0, highwater - position)
+        except KafkaError as e:  # IllegalStateError if a partition moved meanwhile: the next call is right
+            logger.debug("lag not read: %s", e)
+        return lag
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)  # this leaves the group at once
+
+
+class KafkaPythonProducer:
+    """A `ProducerClient` around one `KafkaProducer` (made by `pipeline_core.clients.create_producer`).
+
+    kafka-python's `send_offsets_to_transaction`, `commit_transaction` and `abort_transaction` wait without a
+    time limit, so a broker that dies mid-commit would wedge the consumer. The same three steps are taken
+    here through its transaction manager with a bounded wait; a transaction whose outcome is unknown raises
+    `TransactionError`, and the runtime then replaces the producer (whose `init_transactions` settles it).
+    """
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+        self._futures: list[tuple[OutRecord, Any]] = []
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self._producer.config.get("transactional_id"))
+
+    def send(self, record: OutRecord) -> None:
+        try:
+            future = self._producer.send(
+                record.topic, key=record.key, value=record.value, headers=list(record.headers)
+            )
+        except MessageSizeTooLargeError as e:
+            raise RecordRefusedError(f"record of {record.size} bytes is too large: {e}", [record]) from e
+        except KafkaError as e:
+            raise PublishError(f"send to {record.topic} failed: {type(e).__name__}: {e}") from e
+        self._futures.append((record, future))
+
+    def flush(self, timeout_s: float) -> None:
+        futures, self._futures = self._futures, []
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as e:
+            raise PublishError(f"flush failed: {type(e).__name__}: {e}") from e
+        failed = [(r, f) for r, f in futures if not f.succeeded()]
+        # A record the broker refuses for its size will be refused every time; anything else may pass later.
+        refused = [r for r, f in failed if isinstance(f.exception, MessageSizeTooLargeError)]
+        if refused:
+            raise RecordRefusedError(f"{len(refused)} records too large for their topic", refused)
+        if failed:
+            record, future = failed[0]
+            cause = future.exception
+            raise PublishError(
+                f"{len(failed)} of {len(futures)} records not acknowledged, e.g. to {record.topic}: "
+                f"{cause or 'timed out'!r}"
+            ) from cause
+
+    def begin_transaction(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaError as e:
+            raise TransactionError(f"begin transaction: {type(e).__name__}: {e}") from e
+
+    def commit_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_metadata: object, timeout_s: float
+    ) -> None:
+        manager = self._producer._transaction_manager  # private: see the class docstring
+        kafka_offsets = {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        try:
+            if kafka_offsets:
+                self._wait(manager.send_offsets_to_transaction(kafka_offsets, group_metadata), timeout_s)
+            self._wait(manager.begin_commit(), timeout_s)
+        except KafkaError as e:
+            if isinstance(e, AuthorizationError):
+                raise translate(e, "transaction commit") from e
+            raise TransactionError(f"transaction not committed: {type(e).__name__}: {e}") from e
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        try:
+            self._wait(self._producer._transaction_manager.begin_abort(), timeout_s)
+        except KafkaError as e:
+            raise TransactionError(f"transaction not aborted: {type(e).__name__}: {e}") from e
+
+    def _wait(self, result: Any, timeout_s: float) -> None:
+        self._producer._sender.wakeup()  # as kafka-python's own methods do
+        if not result.wait(timeout_ms=int(timeout_s * 1000)):
+            raise TransactionError(f"no answer from the transaction coordinator within {timeout_s:.0f} s")
+
+    def close(self, timeout_s: float) -> None:
+        self._producer.close(timeout=timeout_s)

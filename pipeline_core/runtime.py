@@ -1,0 +1,600 @@
+"""The consumer runtime: one poll -> decode -> handle -> checkpoint loop that every consumer of the project runs.
+
+A service gives it a `BatchHandler` ("this batch becomes these output records") and a decoder per topic;
+the runtime owns everything else, once: the clients, the subscription and rebalance listener, typed records,
+the poison policy, retries, the checkpoint, stats and the shutdown summary line.
+
+The checkpoint, at-least-once (`PROCESSING_GUARANTEE=at-least-once`):
+  Step 1: send the batch's outputs (results, dead letters).
+  Step 2: flush: every output is acknowledged by all in-sync replicas (`acks=all`).
+  Step 3: mark the batch's offsets done; commit them at most every COMMIT_INTERVAL_MS (`OffsetCommitter`).
+A crash between 2 and 3 re-delivers finished work: its outputs reach the topic again.
+
+The checkpoint, exactly-once:
+  Step 1: begin a transaction; send the outputs inside it.
+  Step 2: flush: acknowledged, but invisible to `read_committed` readers.
+  Step 3: add the consumed offsets to the transaction, with the member's group generation, and commit: the
+          outputs and the offsets become visible together, or neither does. A member that lost its partitions
+          in a rebalance (a zombie) is refused by the group coordinator; a restarted process with the same
+          transactional id fences its predecessor's producer.
+After a failed transaction the producer is replaced and the consumer rewinds to the committed offsets, which
+are right whether or not the failed commit had reached the broker.
+
+The poison policy (no record, whatever its bytes, stops or wedges a consumer):
+- a record its topic's decoder refuses, or whose handling raises a non-retriable error (tried alone, up to
+  POISON_MAX_ATTEMPTS times), or whose output the broker would refuse (too large), is *poisoned*: the handler
+  turns it into a failed result where it can (`on_poison`), and a copy goes to the dead-letter topic with a
+  bounded reason; the rest of its batch is handled as usual;
+- a retriable error (broker or store away) retries the batch with backoff, logging attempts 1, 2, 4, 8 ...;
+- anything the runtime itself cannot survive (refused credentials, a bug in the loop) ends `run()` with the
+  error, and the process exits non-zero so that a supervisor restarts it: never a live process doing nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol
+
+from pipeline_core.errors import ConfigurationError, PipelineError, RecordRefusedError
+from pipeline_core.events import RawRecord, Record, bounded
+from pipeline_core.kafka_client import (
+    ConsumerClient,
+    OutRecord,
+    ProducerClient,
+    TopicPartition,
+    first_offsets,
+    next_offsets,
+    partition_names,
+)
+from pipeline_core.offsets import OffsetCommitter
+from pipeline_core.retry import Backoff, is_retriable, retry_call, should_log
+from pipeline_core.settings import PipelineSettings
+from pipeline_core.topics import pipeline_topics
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTER_REASON_HEADER = "dead-letter-reason"
+DEAD_LETTER_SOURCE_HEADER = "dead-letter-source"
+REASON_LIMIT = 300  # characters of an error message that may travel in an output
+# Kafka's record-batch framing on top of a record's key, value and headers.
+RECORD_FRAMING_BYTES = 1024
+CHECKPOINT_TIMEOUT_S = 30.0
+
+Decoder = Callable[[RawRecord], Any]
+
+
+def describe(error: BaseException) -> str:
+    """A bounded, printable reason for an output or a log line: hostile input never comes back whole."""
+    return bounded(f"{type(error).__name__}: {error}", REASON_LIMIT)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A handler's word that one record of its batch cannot be processed: the runtime poisons it."""
+
+    source: Record[Any]
+    reason: str
+
+
+class BatchHandler(Protocol):
+    """What a service tells the runtime: what a batch of decoded records becomes."""
+
+    def handle(self, batch: Sequence[Record[Any]]) -> Sequence[OutRecord | Failed]:
+        """The outputs of these records (each naming its `source`), or `Failed` for a record that cannot be
+        processed; raise to fail the whole batch (its records are then tried one by one)."""
+        ...
+
+    def on_poison(self, record: RawRecord, reason: str) -> Sequence[OutRecord]:
+        """The outputs that tell a poisoned record's job it failed (e.g. a failed result), or none."""
+        ...
+
+
+@dataclass
+class RuntimeStats:
+    """Counts for metrics and the shutdown summary line."""
+
+    batches: int = 0
+    records: int = 0
+    outputs: int = 0
+    poisoned: int = 0
+    retries: int = 0
+    aborted_transactions: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> str:
+        """One line: what this consumer did in its life."""
+        return (
+            f"{time.monotonic() - self.started:.0f} s: {self.batches} batches, {self.records} records, "
+            f"{self.outputs} outputs, {self.poisoned} dead-lettered, {self.retries} retries, "
+            f"{self.aborted_transactions} transactions aborted"
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How one consumer runs: its group, what it reads (a decoder per topic) and where outputs may go."""
+
+    role: str
+    group_id: str
+    decoders: Mapping[str, Decoder]
+    dead_letter_topic: str
+    output_limits: Mapping[str, int]  # largest record (bytes) each output topic takes
+    exactly_once: bool
+    transactional_id: str | None
+    max_records: int = 500
+    poll_timeout_s: float = 0.5
+    commit_interval_s: float = 0.2
+    connect_timeout_s: float = 60.0
+    shutdown_grace_s: float = 15.0
+    poison_max_attempts: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+class _RetryBatch(Exception):
+    """Internal: the batch could not be checkpointed; rewind and try again after a pause."""
+
+    def __init__(self, cause: Exception, *, rewind_to_committed: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.rewind_to_committed = rewind_to_committed
+
+
+class ConsumerRuntime:
+    """One consumer-group member: `run()` until `stop()`; then commit, leave the group and log a summary."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        handler: BatchHandler,
+        consumer_factory: Callable[[], ConsumerClient],
+        producer_factory: Callable[[str | None], ProducerClient],
+        *,
+        on_assignment: Callable[[set[TopicPartition], set[TopicPartition]], None] | None = None,
+        after_turn: Callable[[ConsumerClient, bool], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = RuntimeStats()
+        self.state = "not started"
+        self.last_poll: float | None = None
+        self._handler = handler
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self._on_assignment = on_assignment
+        self._after_turn = after_turn
+        self._stopping = threading.Event()
+        self._consumer: ConsumerClient | None = None
+        self._producer: ProducerClient | None = None
+        self._committer: OffsetCommitter | None = None
+        self._assignment: frozenset[TopicPartition] = frozenset()
+        self._failures = 0  # consecutive failed attempts at the batch in hand
+        self._poisoned: dict[tuple[str, int, int], str] = {}  # records whose outputs the broker refused
+        self._rewind_pending: set[TopicPartition] = set()
+        self._raw: dict[tuple[str, int, int], RawRecord] = {}  # the batch in hand as polled, by coordinates
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop after the batch in hand; safe from a signal handler or another thread, and twice."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for."""
+        return self._stopping.is_set()
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member holds now (empty during a rebalance)."""
+        return self._assignment
+
+    def run(self) -> None:
+        """Connect, join the group and process batches until `stop()`. Raises what it cannot survive."""
+        try:
+            self._connect()
+            while not self._stopping.is_set():
+                self._turn()
+            self.state = "stopped"
+        except InterruptedError:
+            self.state = "stopped"
+        except BaseException as e:
+            self.state = f"stopped by {describe(e)}"
+            raise
+        finally:
+            self._close()
+
+    def _connect(self) -> None:
+        c = self.config
+        self.state = "connecting to Kafka"
+        self._producer = retry_call(
+            lambda: self._producer_factory(c.transactional_id if c.exactly_once else None),
+            f"{c.role}: creating the producer",
+            timeout_s=c.connect_timeout_s,
+            stopping=self._stopping,
+        )
+        consumer = retry_call(
+            self._consumer_factory,
+            f"{c.role}: creating the consumer",
+            timeout_s=c.connect_timeout_s,
+            stopping=self._stopping,
+        )
+        self._consumer = consumer
+        self._committer = OffsetCommitter(consumer, c.commit_interval_s)
+        topics = list(c.decoders)
+        # Join only once the topics' partitions are known: a group leader without them assigns itself nothing,
+        # and kafka-python 3.0.12 was seen to leave such a member idle until the group evicted it.
+        deadline = time.monotonic() + c.connect_timeout_s
+        while not consumer.topics_known(topics):
+            if time.monotonic() > deadline:
+                raise PipelineError(f"{c.role}: no partition metadata for {', '.join(topics)}")
+            if self._stopping.wait(0.2):
+                raise InterruptedError
+        consumer.subscribe(topics, self)
+        self.state = "consuming"
+        logger.info(
+            "%s: joined group %s on %s (%s)",
+            c.role,
+            c.group_id,
+            ", ".join(topics),
+            "exactly-once" if c.exactly_once else "at-least-once",
+        )
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            if self._committer is not None:  # every batch in hand was checkpointed before the loop ended
+                self._committer.commit()
+            _quietly(self._consumer.close, "closing the consumer")
+        if self._producer is not None:
+            _quietly(lambda: self._producer.close(self.config.shutdown_grace_s), "closing the producer")  # type: ignore[union-attr]
+        self._assignment = frozenset()
+        logger.info("%s: stopped after %s", self.config.role, self.stats.summary())
+
+    # -- rebalance listener (called on the client's thread) --------------------------------------------------
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        """Record the new assignment."""
+        self._assignment = frozenset(partitions)
+        logger.info("%s: partitions assigned: %s", self.config.role, partition_names(partitions) or "none")
+        if self._on_assignment is not None:
+            self._on_assignment(set(partitions), set())
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        """Drop what belonged to revoked partitions: each batch is checkpointed before the next poll, so
+        nothing is in hand; finished but uncommitted at-least-once offsets are re-delivered to the next owner."""
+        self._assignment = frozenset()
+        if self._committer is not None:
+            self._committer.forget(partitions)
+        self._rewind_pending -= partitions
+        if partitions:
+            logger.info("%s: partitions revoked: %s", self.config.role, partition_names(partitions))
+        if self._on_assignment is not None:
+            self._on_assignment(set(), set(partitions))
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    def _turn(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None and self._committer is not None
+        try:
+            if self._rewind_pending:
+                self._rewind_to_committed(consumer)
+            records = consumer.poll(self.config.poll_timeout_s, self.config.max_records)
+        except PipelineError as e:
+            if not e.retriable:
+                raise
+            self._pause(e, "polling")
+            return
+        self.last_poll = time.monotonic()
+        if not records:
+            self._committer.maybe_commit()
+            if self._after_turn is not None:
+                self._after_turn(consumer, False)
+            return
+        try:
+            self._process(records)
+        except _RetryBatch as retry:
+            self._rewind(consumer, records, retry)
+            return
+        if self._after_turn is not None:
+            self._after_turn(consumer, True)
+        self._failures = 0
+        self.state = "consuming"
+        for r in records:
+            self._poisoned.pop((r.topic, r.partition, r.offset), None)
+
+    def _process(self, records: list[RawRecord]) -> None:
+        outputs = self._outputs(records)
+        self._checkpoint(records, outputs)
+        self.stats.batches += 1
+        self.stats.records += len(records)
+        self.stats.outputs += len(outputs)
+
+    def _outputs(self, records: list[RawRecord]) -> list[OutRecord]:
+        """Decode and handle a batch; every record ends in outputs or poisoned, unless an error is retriable."""
+        decoded: list[Record[Any]] = []
+        outputs: list[OutRecord] = []
+        self._raw = {(r.topic, r.partition, r.offset): r for r in records}
+        for record in records:
+            refused = self._poisoned.get((record.topic, record.partition, record.offset))
+            if refused is not None:
+                outputs += self._poison(record, refused)
+                continue
+            try:
+                decoded.append(record.replace_value(self.config.decoders[record.topic](record)))
+            except Exception as e:  # any decoder failure is this record's alone
+                outputs += self._poison(record, f"not a readable {record.topic} record: {describe(e)}")
+        outputs += self._handle(decoded)
+        return [checked for output in outputs for checked in self._within_limit(output)]
+
+    def _handle(self, batch: list[Record[Any]]) -> list[OutRecord]:
+        if not batch:
+            return []
+        try:
+            return self._resolve(self._handler.handle(batch))
+        except _RetryBatch:
+            raise
+        except Exception as e:
+            if is_retriable(e):
+                raise _RetryBatch(e, rewind_to_committed=False) from e
+            if len(batch) > 1:
+                logger.warning(
+                    "%s: batch of %d failed (%s); handling its records one by one",
+                    self.config.role,
+                    len(batch),
+                    describe(e),
+                )
+                return [output for record in batch for output in self._handle_alone(record)]
+            return self._handle_alone(batch[0], first_error=e)
+
+    def _handle_alone(self, record: Record[Any], first_error: Exception | None = None) -> list[OutRecord]:
+        """One record, tried up to POISON_MAX_ATTEMPTS times; poisoned if it never succeeds."""
+        attempts, error = (1, first_error) if first_error is not None else (0, None)
+        while attempts < self.config.poison_max_attempts:
+            attempts += 1
+            try:
+                return self._resolve(self._handler.handle([record]))
+            except _RetryBatch:
+                raise
+            except Exception as e:
+                if is_retriable(e):
+                    raise _RetryBatch(e, rewind_to_committed=False) from e
+                error = e
+        assert error is not None
+        return self._poison(self._raw_of(record), f"failed {attempts} times: {describe(error)}")
+
+    def _resolve(self, results: Sequence[OutRecord | Failed]) -> list[OutRecord]:
+        """The handler's outputs, with each `Failed` record poisoned."""
+        outputs: list[OutRecord] = []
+        for result in results:
+            if isinstance(result, Failed):
+                outputs += self._poison(self._raw_of(result.source), bounded(result.reason, REASON_LIMIT))
+            else:
+                outputs.append(result)
+        return outputs
+
+    def _raw_of(self, record: Record[Any]) -> RawRecord:
+        """The record as polled (its bytes, for the dead-letter copy), from any record with its coordinates."""
+        return self._raw.get((record.topic, record.partition, record.offset), record.replace_value(None))
+
+    def _poison(self, record: RawRecord, reason: str) -> list[OutRecord]:
+        """A failed result for the record's job (if the handler can make one) and a dead-letter copy."""
+        reason = bounded(reason, REASON_LIMIT)
+        logger.warning("%s: %s to the dead-letter topic: %s", self.config.role, record.where, reason)
+        self.stats.poisoned += 1
+        try:
+            outputs = list(self._handler.on_poison(record, reason))
+        except Exception as e:
+            if is_retriable(e):
+                raise _RetryBatch(e, rewind_to_committed=False) from e
+            logger.error("%s: no failed result for %s: %s", self.config.role, record.where, describe(e))
+            outputs = []
+        return [*outputs, self._dead_letter(record, reason)]
+
+    def _dead_letter(self, record: RawRecord, reason: str) -> OutRecord:
+        ours = (
+            (DEAD_LETTER_REASON_HEADER, reason.encode()),
+            (DEAD_LETTER_SOURCE_HEADER, record.where.encode()),
+        )
+        theirs = tuple((k, v or b"") for k, v in record.headers if k not in dict(ours))
+        copy = OutRecord(self.config.dead_letter_topic, record.key, _as_bytes(record.value), theirs + ours)
+        limit = self._limit(copy.topic)
+        if copy.size > limit:  # keep what fits: the reason and source always, the value if it can
+            copy = OutRecord(copy.topic, record.key, copy.value, ours)
+        if copy.size > limit:
+            copy = OutRecord(copy.topic, None, None, ours)
+        return copy
+
+    def _within_limit(self, output: OutRecord) -> list[OutRecord]:
+        """The output, or, if the broker would refuse it for its size, its source's poison outputs instead."""
+        limit = self._limit(output.topic)
+        if output.size <= limit:
+            return [output]
+        reason = f"an output of {output.size} bytes is larger than {output.topic} takes ({limit})"
+        if output.source is None or output.topic == self.config.dead_letter_topic:
+            logger.error("%s: dropped %s", self.config.role, reason)
+            return []
+        poison = self._poison(self._raw_of(output.source), reason)
+        return [o for o in poison if o.size <= self._limit(o.topic)]
+
+    def _limit(self, topic: str) -> int:
+        return self.config.output_limits.get(topic, 1_000_000) - RECORD_FRAMING_BYTES
+
+    # -- checkpoint ------------------------------------------------------------------------------------------
+
+    def _checkpoint(self, records: list[RawRecord], outputs: list[OutRecord]) -> None:
+        if self.config.exactly_once:
+            self._checkpoint_transaction(records, outputs)
+        else:
+            self._checkpoint_acknowledged(records, outputs)
+
+    def _checkpoint_acknowledged(self, records: list[RawRecord], outputs: list[OutRecord]) -> None:
+        producer, committer = self._producer, self._committer
+        assert producer is not None and committer is not None
+        try:
+            for output in outputs:  # Step 1: send
+                producer.send(output)
+            if outputs:  # Step 2: every output acknowledged by the in-sync replicas
+                producer.flush(CHECKPOINT_TIMEOUT_S)
+        except ConfigurationError:
+            raise
+        except PipelineError as e:
+            self._note_refused(e)
+            raise _RetryBatch(e, rewind_to_committed=False) from e
+        committer.done(records)  # Step 3: offsets, now that the outputs are safe; committed spaced out
+        committer.maybe_commit()
+
+    def _checkpoint_transaction(self, records: list[RawRecord], outputs: list[OutRecord]) -> None:
+        producer, consumer = self._producer, self._consumer
+        assert producer is not None and consumer is not None
+        try:
+            producer.begin_transaction()  # Step 1: outputs inside a transaction
+            for output in outputs:
+                producer.send(output)
+            producer.flush(CHECKPOINT_TIMEOUT_S)  # Step 2: acknowledged, not yet visible
+            # Step 3: offsets and outputs committed together, fenced by the member's group generation.
+            producer.commit_transaction(
+                next_offsets(records), consumer.group_metadata(), CHECKPOINT_TIMEOUT_S
+            )
+        except ConfigurationError:
+            raise
+        except PipelineError as e:
+            self._note_refused(e)
+            self.stats.aborted_transactions += 1
+            raise _RetryBatch(e, rewind_to_committed=True) from e
+
+    def _note_refused(self, error: PipelineError) -> None:
+        """Sends the broker will never take: the next attempt poisons the records that made those outputs."""
+        if not isinstance(error, RecordRefusedError):
+            return
+        for output in error.records:
+            if not isinstance(output, OutRecord) or output.topic == self.config.dead_letter_topic:
+                continue
+            if output.source is not None:
+                key = (output.source.topic, output.source.partition, output.source.offset)
+                self._poisoned.setdefault(key, f"its output was refused: {describe(error)}")
+
+    # -- recovery --------------------------------------------------------------------------------------------
+
+    def _rewind(self, consumer: ConsumerClient, records: list[RawRecord], retry: _RetryBatch) -> None:
+        """Have the batch again on the next poll, after a pause; a failed transaction also gets a new producer."""
+        if retry.rewind_to_committed:
+            self._replace_producer()
+            self._rewind_pending |= set(first_offsets(records)) & set(self._assignment)
+        else:
+            for tp, offset in first_offsets(records).items():
+                if tp in self._assignment:
+                    consumer.seek(tp, offset)
+        self._pause(retry.cause, f"checkpointing a batch of {len(records)}")
+
+    def _replace_producer(self) -> None:
+        """A producer whose transaction failed may be in any state: close it; a new one with the same
+        transactional id settles the old transaction (commit or abort) in `init_transactions`."""
+        if self._producer is not None:
+            _quietly(lambda: self._producer.close(0), "closing the failed producer")  # type: ignore[union-attr]
+            self._producer = None
+        c = self.config
+        self._producer = retry_call(
+            lambda: self._producer_factory(c.transactional_id),
+            f"{c.role}: replacing the producer",
+            timeout_s=c.connect_timeout_s,
+            stopping=self._stopping,
+        )
+
+    def _rewind_to_committed(self, consumer: ConsumerClient) -> None:
+        partitions = self._rewind_pending & set(self._assignment)
+        for tp, offset in consumer.committed(partitions).items():
+            if offset is None:
+                consumer.seek_to_start(tp)
+            else:
+                consumer.seek(tp, offset)
+        self._rewind_pending.clear()
+
+    def _pause(self, error: Exception, doing: str) -> None:
+        self._failures += 1
+        self.stats.retries += 1
+        self.state = f"retrying after {describe(error)}"
+        if should_log(self._failures):
+            logger.warning(
+                "%s: %s failed (attempt %d): %s; retrying",
+                self.config.role,
+                doing,
+                self._failures,
+                describe(error),
+            )
+        self._stopping.wait(self.config.backoff.delay(self._failures))
+
+
+def _as_bytes(value: object) -> bytes | None:
+    return value if isinstance(value, bytes) or value is None else None
+
+
+def _quietly(fn: Callable[[], object], doing: str) -> None:
+    try:
+        fn()
+    except Exception as e:  # shutting down: say what went wrong and go on closing the rest
+        logger.warning("%s failed: %s", doing, describe(e))
+
+
+def runtime_config(
+    settings: PipelineSettings,
+    *,
+    role: str,
+    group_id: str,
+    decoders: Mapping[str, Decoder],
+    exactly_once: bool,
+    **overrides: Any,
+) -> RuntimeConfig:
+    """A consumer's runtime configuration from the shared settings (topic limits, intervals, retries)."""
+    return RuntimeConfig(
+        role=role,
+        group_id=group_id,
+        decoders=decoders,
+        dead_letter_topic=settings.topic_dead_letter,
+        output_limits={spec.name: spec.max_message_bytes for spec in pipeline_topics(settings)},
+        exactly_once=exactly_once,
+        transactional_id=transactional_id(settings, group_id) if exactly_once else None,
+        commit_interval_s=settings.commit_interval_ms / 1000,
+        connect_timeout_s=settings.kafka_connect_timeout_s,
+        poison_max_attempts=settings.poison_max_attempts,
+        **overrides,
+    )
+
+
+def transactional_id(settings: PipelineSettings, group_id: str) -> str:
+    """The transactional id of this consumer process: stable across its restarts when it has an instance id,
+    so that the restarted process fences the transactions its predecessor left open."""
+    instance = settings.consumer_instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return f"{settings.kafka_client_id_prefix}-{group_id}-{instance}"
+
+
+def install_stop_signals(runtime: ConsumerRuntime, grace_s: float) -> None:
+    """First SIGTERM/SIGINT: finish the batch in hand, checkpoint, leave the group (drain). Second, or the
+    grace period over: exit at once (cancel); whatever was not checkpointed is re-delivered."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if runtime.stopping:
+            logger.warning("second %s: exiting now; the batch in hand will be re-delivered", name)
+            os._exit(130)
+        logger.info("%s: finishing the batch in hand, then leaving the group", name)
+        runtime.stop()
+        watchdog = threading.Timer(grace_s, _force_exit, args=(grace_s,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _force_exit(grace_s: float) -> None:
+    logger.error(
+        "still busy %.0f s after the stop request; exiting; unfinished work will be re-delivered", grace_s
+    )
+    os._exit(1)

@@ -1,0 +1,103 @@
+"""`make run` (the launcher as a real process) under kill -9 of a consumer with 500 images in flight: the
+consumer is restarted, every image gets exactly one prediction on the topic, and the system keeps serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from support import lost_and_duplicated, predictions_on_topic, upload, wait_by_polling
+
+from kafka_local import free_port
+from launcher.system import isolated_env
+from pipeline_core.settings import PipelineSettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def consumers_of(launcher: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    children = psutil.Process(launcher.pid).children()
+    return [p for p in children if "inference_consumer" in " ".join(p.cmdline())]
+
+
+def wait_for(condition, what: str, timeout_s: float = 120) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout_s:.0f} s"
+        time.sleep(0.2)
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture
+def launched(
+    kafka_bootstrap: str, tmp_path: Path, output_dir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
+    name = f"launcher-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    env = (
+        dict(os.environ)
+        | isolated_env(name)
+        | {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "API_PORT": str(free_port()),
+            "SINK_PORT": str(free_port()),
+            "DATA_DIR": str(tmp_path / "var"),
+            "INFERENCE_CONSUMERS": "2",
+            "PROCESSING_GUARANTEE": "exactly-once",
+        }
+    )
+    log = (output_dir / f"{name}.log").open("wb")
+    launcher = subprocess.Popen([sys.executable, "-m", "launcher"], cwd=REPO, env=env, stdout=log, stderr=log)
+    try:
+        yield launcher, env
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        try:
+            launcher.wait(60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+        log.close()
+
+
+def test_kill_9_of_a_consumer_under_make_run_is_restarted_and_every_image_is_predicted_once(
+    launched: tuple[subprocess.Popen[bytes], dict[str, str]], photos: dict[str, bytes]
+) -> None:
+    launcher, env = launched
+    api, sink = f"http://127.0.0.1:{env['API_PORT']}", f"http://127.0.0.1:{env['SINK_PORT']}"
+    wait_for(lambda: ready(f"{api}/readyz") and ready(f"{sink}/readyz"), "make run ready")
+    wait_for(lambda: len(consumers_of(launcher)) == 2, "two consumers running")
+    with httpx.Client(base_url=api, timeout=30) as client:
+        jobs = [
+            job
+            for n in range(125)
+            for job in upload(client, {f"{n}-{k}.jpg": photos["coffee"] for k in range(4)})
+        ]
+    ids = {job["id"] for job in jobs}
+    victim = consumers_of(launcher)[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+
+    wait_for(lambda: len(consumers_of(launcher)) == 2, "the killed consumer restarted", timeout_s=60)
+    assert launcher.poll() is None, "make run keeps running"
+    settings = PipelineSettings.model_validate(
+        {k.lower(): v for k, v in env.items() if k.lower() in PipelineSettings.model_fields}
+    )
+    lost, duplicated = lost_and_duplicated(predictions_on_topic(settings, ids), ids)
+    assert (lost, duplicated) == (0, 0), f"{lost} lost, {duplicated} duplicated of {len(ids)}"
+    with httpx.Client(base_url=api, timeout=30) as client:
+        after = upload(client, {"after.jpg": photos["coffee"]})
+        assert wait_by_polling(client, after[0]["result_url"])["label"] == "espresso", "still serving"

@@ -1,0 +1,329 @@
+"""The consumer runtime on in-memory fake clients: checkpoints, the poison policy, retries, exactly-once.
+
+No broker: these are unit tests of the runtime's logic (`make test-fast`). The same runtime against the real
+broker is tested through the services (tests/inference_consumer, tests/results_sink, tests/faults).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from fake_kafka import FakeBroker, FakeConsumer, FakeProducer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline_core.errors import KafkaAccessError, PipelineError
+from pipeline_core.events import RawRecord, Record
+from pipeline_core.kafka_client import OutRecord
+from pipeline_core.retry import Backoff
+from pipeline_core.runtime import (
+    DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_SOURCE_HEADER,
+    REASON_LIMIT,
+    ConsumerRuntime,
+    Failed,
+    RuntimeConfig,
+)
+
+IN, OUT, DLQ = "in", "out", "dead"
+
+
+class Flaky(PipelineError):
+    """A dependency that is away (retriable)."""
+
+    retriable = True
+
+
+def decode_text(record: RawRecord) -> str:
+    if record.value is None:
+        raise ValueError("no value")
+    return record.value.decode("utf-8")
+
+
+class EchoHandler:
+    """Upper-cases each text to OUT; 'boom' raises, 'fail' is reported Failed, and `flaky` raises retriably."""
+
+    def __init__(self) -> None:
+        self.flaky = 0
+        self.poisoned: list[tuple[str, str]] = []
+
+    def handle(self, batch: Sequence[Record[Any]]) -> list[OutRecord | Failed]:
+        if self.flaky:
+            self.flaky -= 1
+            raise Flaky("store away")
+        out: list[OutRecord | Failed] = []
+        for r in batch:
+            if r.value == "boom":
+                raise RuntimeError("handler bug on " + "x" * 10_000)
+            if r.value == "fail":
+                out.append(Failed(r, "cannot do " + "y" * 10_000))
+            elif r.value == "huge":
+                out.append(OutRecord(OUT, r.key, b"z" * 5_000, (), r))
+            else:
+                out.append(OutRecord(OUT, r.key, r.value.upper().encode(), (), r))
+        return out
+
+    def on_poison(self, record: RawRecord, reason: str) -> list[OutRecord]:
+        self.poisoned.append((record.where, reason))
+        return [OutRecord(OUT, record.key, b"FAILED", (), record)] if record.key else []
+
+
+def make_runtime(
+    broker: FakeBroker, handler: EchoHandler, *, exactly_once: bool, max_records: int = 10
+) -> tuple[ConsumerRuntime, dict[str, Any]]:
+    made: dict[str, Any] = {"producers": [], "consumers": []}
+
+    def consumer() -> FakeConsumer:
+        c = FakeConsumer(broker, "group")
+        made["consumers"].append(c)
+        return c
+
+    def producer(tid: str | None) -> FakeProducer:
+        p = FakeProducer(broker, tid)
+        made["producers"].append(p)
+        return p
+
+    config = RuntimeConfig(
+        role="test",
+        group_id="group",
+        decoders={IN: decode_text},
+        dead_letter_topic=DLQ,
+        output_limits={OUT: 3_000, DLQ: 3_000},
+        exactly_once=exactly_once,
+        transactional_id="tx-1" if exactly_once else None,
+        max_records=max_records,
+        poll_timeout_s=0.01,
+        commit_interval_s=0,
+        backoff=Backoff(first_s=0.001, max_s=0.01),
+    )
+    return ConsumerRuntime(config, handler, consumer, producer), made
+
+
+def run_until(runtime: ConsumerRuntime, done: Callable[[], bool], timeout_s: float = 10) -> None:
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runtime.run()
+        except BaseException as e:
+            failure.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.005)
+    runtime.stop()
+    thread.join(5)
+    assert not thread.is_alive(), "the runtime stops within 5 s of stop()"
+    if failure:
+        raise failure[0]
+    assert done(), "condition not reached"
+
+
+def feed(broker: FakeBroker, values: Sequence[bytes | None], key: bytes | None = b"k") -> None:
+    for n, value in enumerate(values):
+        broker.append(IN, n % broker.partitions, key, value)
+
+
+def size(record: RawRecord) -> int:
+    """What counts against a topic's limit: key, value and headers."""
+    headers = sum(len(k) + len(v or b"") for k, v in record.headers)
+    return len(record.key or b"") + len(record.value or b"") + headers
+
+
+def committed_all(broker: FakeBroker) -> bool:
+    ends = {tp: len(log) for tp, log in broker.logs.items() if tp.topic == IN}
+    return all(broker.committed["group"].get(tp, 0) == end for tp, end in ends.items())
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_every_record_becomes_its_output_and_offsets_are_committed(exactly_once: bool) -> None:
+    broker = FakeBroker()
+    feed(broker, [f"img{n}".encode() for n in range(25)])
+    runtime, _ = make_runtime(broker, EchoHandler(), exactly_once=exactly_once)
+    run_until(runtime, lambda: committed_all(broker))
+    assert sorted(r.value for r in broker.read(OUT)) == sorted(f"IMG{n}".encode() for n in range(25))
+    assert runtime.stats.records == 25 and runtime.stats.poisoned == 0
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_a_poison_record_fails_alone_and_the_rest_of_its_batch_is_handled(exactly_once: bool) -> None:
+    broker = FakeBroker(partitions=1)
+    feed(broker, [b"a", b"boom", b"\xff\xfe not utf-8", None, b"fail", b"b"])
+    handler = EchoHandler()
+    runtime, _ = make_runtime(broker, handler, exactly_once=exactly_once)
+    run_until(runtime, lambda: committed_all(broker))
+    values = [r.value for r in broker.read(OUT)]
+    assert values.count(b"A") == 1 and values.count(b"B") == 1
+    assert values.count(b"FAILED") == 4, "each poisoned record's job gets a failed result"
+    dead = broker.read(DLQ)
+    assert sorted(dict(r.headers)[DEAD_LETTER_SOURCE_HEADER] for r in dead) == [
+        f"{IN}[0]@{n}".encode() for n in (1, 2, 3, 4)
+    ]
+    for r in dead:
+        reason = dict(r.headers)[DEAD_LETTER_REASON_HEADER].decode()
+        assert len(reason) <= REASON_LIMIT, "hostile input is never echoed whole"
+    assert b"boom" in [r.value for r in dead], "the dead letter keeps the record's bytes"
+    assert runtime.stats.poisoned == 4
+
+
+def test_an_output_too_large_for_its_topic_poisons_its_source_instead_of_being_retried_forever() -> None:
+    broker = FakeBroker(partitions=1)
+    feed(broker, [b"a", b"huge", b"b"])
+    runtime, _ = make_runtime(broker, EchoHandler(), exactly_once=True)
+    run_until(runtime, lambda: committed_all(broker))
+    assert [r.value for r in broker.read(OUT)] == [b"A", b"FAILED", b"B"]
+    assert all(size(r) <= 3_000 for r in broker.read(OUT))
+    assert len(broker.read(DLQ)) == 1
+
+
+def test_the_broker_refusing_an_output_poisons_its_source_on_the_next_attempt() -> None:
+    broker = FakeBroker(partitions=1, limits={OUT: 4_000})  # the topic takes less than the runtime believes
+    feed(broker, [b"a", b"huge", b"b"])
+    runtime, _ = make_runtime(broker, EchoHandler(), exactly_once=False)
+    runtime.config.output_limits[OUT] = 1_000_000  # type: ignore[index]
+    run_until(runtime, lambda: committed_all(broker))
+    assert sorted(r.value for r in broker.read(OUT)) == [b"A", b"B", b"FAILED"]
+    assert len(broker.read(DLQ)) == 1
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_a_dependency_away_is_retried_with_backoff_and_nothing_is_lost_or_dead_lettered(
+    exactly_once: bool,
+) -> None:
+    broker = FakeBroker()
+    feed(broker, [f"v{n}".encode() for n in range(10)])
+    handler = EchoHandler()
+    handler.flaky = 7
+    runtime, _ = make_runtime(broker, handler, exactly_once=exactly_once, max_records=3)
+    run_until(runtime, lambda: committed_all(broker))
+    assert sorted(r.value for r in broker.read(OUT)) == sorted(f"V{n}".encode() for n in range(10))
+    assert broker.read(DLQ) == []
+    assert runtime.stats.retries == 7
+
+
+def test_outputs_the_broker_did_not_acknowledge_are_sent_again() -> None:
+    broker = FakeBroker(partitions=1)
+    feed(broker, [b"a", b"b"])
+    runtime, _ = make_runtime(broker, EchoHandler(), exactly_once=False)
+    original = FakeProducer.flush
+    calls = {"n": 0}
+
+    def fail_first(self: FakeProducer, timeout_s: float) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            self.fail_flushes = 1
+        original(self, timeout_s)
+
+    FakeProducer.flush = fail_first  # type: ignore[method-assign]
+    try:
+        run_until(runtime, lambda: committed_all(broker))
+    finally:
+        FakeProducer.flush = original  # type: ignore[method-assign]
+    assert [r.value for r in broker.read(OUT)] == [b"A", b"B"]
+    assert runtime.stats.retries == 1
+
+
+def test_a_failed_transaction_leaves_nothing_visible_and_the_batch_is_done_exactly_once() -> None:
+    broker = FakeBroker(partitions=1)
+    feed(broker, [b"a", b"b", b"c"])
+    handler = EchoHandler()
+    runtime, made = make_runtime(broker, handler, exactly_once=True, max_records=2)
+    original = FakeProducer.commit_transaction
+    calls = {"n": 0}
+
+    def fail_first(self: FakeProducer, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            self.fail_commits = 1
+        original(self, *args)
+
+    FakeProducer.commit_transaction = fail_first  # type: ignore[method-assign]
+    try:
+        run_until(runtime, lambda: committed_all(broker))
+    finally:
+        FakeProducer.commit_transaction = original  # type: ignore[method-assign]
+    assert [r.value for r in broker.read(OUT)] == [b"A", b"B", b"C"], "no output twice, none lost"
+    assert runtime.stats.aborted_transactions == 1
+    assert len(made["producers"]) == 2, "the failed producer was replaced"
+    assert made["producers"][0].closed
+
+
+def test_polls_that_fail_while_the_broker_is_away_are_retried() -> None:
+    broker = FakeBroker(partitions=1)
+    feed(broker, [b"a"])
+    runtime, _ = make_runtime(broker, EchoHandler(), exactly_once=False)
+    original = FakeConsumer.subscribe
+
+    def away_first(self: FakeConsumer, *args: Any) -> None:
+        original(self, *args)
+        self.fail_polls = 5
+
+    FakeConsumer.subscribe = away_first  # type: ignore[method-assign]
+    try:
+        run_until(runtime, lambda: committed_all(broker))
+    finally:
+        FakeConsumer.subscribe = original  # type: ignore[method-assign]
+    assert runtime.stats.retries == 5
+
+
+def test_refused_credentials_end_the_run_with_the_error() -> None:
+    broker = FakeBroker(partitions=1)
+    runtime, _ = make_runtime(broker, EchoHandler(), exactly_once=False)
+
+    def refused() -> FakeConsumer:
+        raise KafkaAccessError("SASL authentication failed: check KAFKA_SASL_PASSWORD")
+
+    runtime._consumer_factory = refused
+    with pytest.raises(KafkaAccessError, match="KAFKA_SASL_PASSWORD"):
+        runtime.run()
+    assert runtime.state.startswith("stopped by KafkaAccessError")
+
+
+def test_stop_commits_and_closes_both_clients() -> None:
+    broker = FakeBroker(partitions=1)
+    feed(broker, [b"a"])
+    runtime, made = make_runtime(broker, EchoHandler(), exactly_once=False)
+    run_until(runtime, lambda: bool(broker.read(OUT)))
+    assert made["consumers"][0].closed and made["producers"][0].closed
+    assert committed_all(broker)
+
+
+headers_strategy = st.lists(
+    st.tuples(st.text(max_size=20), st.one_of(st.none(), st.binary(max_size=3_000))), max_size=4
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.binary(max_size=80)),
+            st.one_of(st.none(), st.binary(max_size=4_000), st.sampled_from([b"boom", b"fail", b"huge"])),
+            headers_strategy,
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    exactly_once=st.booleans(),
+)
+def test_hostile_records_never_stop_the_runtime_and_every_record_is_accounted_for(
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]], exactly_once: bool
+) -> None:
+    broker = FakeBroker(partitions=2)
+    for n, (key, value, headers) in enumerate(records):
+        broker.append(IN, n % 2, key, value, headers)
+    runtime, _ = make_runtime(broker, EchoHandler(), exactly_once=exactly_once, max_records=5)
+    run_until(runtime, lambda: committed_all(broker))
+    dead = len(broker.read(DLQ))
+    handled = runtime.stats.records
+    assert handled == len(records)
+    assert dead == runtime.stats.poisoned
+    assert all(size(r) <= 3_000 for r in broker.read(OUT) + broker.read(DLQ)), (
+        "no output over its topic's limit"
+    )
