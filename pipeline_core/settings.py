@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+ProcessingGuarantee = Literal["exactly-once", "at-least-once"]
 
 # Room for the event's headers and Kafka's record-batch framing on top of the image bytes.
 RECORD_OVERHEAD_BYTES = 64 * 1024
@@ -71,6 +72,36 @@ class PipelineSettings(BaseSettings):
         "as duplicates.",
     )
 
+    processing_guarantee: ProcessingGuarantee = Field(
+        "exactly-once",
+        description="exactly-once: an inference consumer's predictions, dead letters and consumed offsets "
+        "commit in one Kafka transaction, so a crash or rebalance never puts a result on the topic twice; "
+        "at-least-once: offsets are committed after the outputs are acknowledged, and a crash re-delivers up to "
+        "COMMIT_INTERVAL_MS of finished work (docs/reliability.md has the cost of each).",
+    )
+    transaction_timeout_ms: int = Field(
+        10_000,
+        ge=1_000,
+        le=900_000,
+        description="How long the broker keeps a transaction of a consumer that died open: read_committed "
+        "readers wait at most this long before the coordinator aborts it (a restarted consumer aborts it at once).",
+    )
+    consumer_instance_id: str | None = Field(
+        None,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Stable name of this consumer process (make run and compose set it). With exactly-once it "
+        "makes the transactional id, so that a restarted instance fences its predecessor at once; unset, the "
+        "host name and process id are used.",
+    )
+    poison_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="A record whose handling fails this many times in a row (while others go through) goes to "
+        "the dead-letter topic instead of being retried again.",
+    )
+
     max_image_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest accepted upload, per file."
     )
@@ -103,18 +134,48 @@ class PipelineSettings(BaseSettings):
         return self.max_image_bytes + RECORD_OVERHEAD_BYTES
 
     def public_dict(self) -> dict[str, object]:
-        """The effective settings for the start-up log line, secrets masked."""
-        return {k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.model_dump().items()}
+        """The effective settings for the start-up log line, secrets and passwords in URLs masked."""
+        return {k: _masked(v) for k, v in self.model_dump().items()}
+
+
+def mask_url_password(text: str) -> str:
+    """`text` with the password of a `scheme://user:password@host` URL replaced by `***`."""
+    scheme, sep, rest = text.partition("://")
+    # Up to the last @: a password may hold an unescaped one. Masking too much only hides part of a log line.
+    userinfo, at, host = rest.rpartition("@")
+    if not (sep and at and ":" in userinfo and _is_url_scheme(scheme)):
+        return text
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _is_url_scheme(text: str) -> bool:
+    """Whether `text` can be a URL scheme (RFC 3986: a letter, then letters, digits, `+`, `-`, `.`)."""
+    return text[:1].isalpha() and text.isascii() and all(c.isalnum() or c in "+-." for c in text)
+
+
+def _masked(value: object) -> object:
+    """A setting's value as the log shows it: secrets as `***`, URLs without their password."""
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, str):
+        return mask_url_password(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_masked(item) for item in value)
+    return value
 
 
 DEV_JOB_ID_SECRET = "dev-only-job-id-secret-change-me"  # noqa: S105 - a known, logged development default
+MIN_API_KEY_LENGTH = 16
 
 
 class WebSettings(PipelineSettings):
     """What the two web services (producer_api, results_sink) share: access control and job-id signing."""
 
     api_key: SecretStr | None = Field(
-        None, description="When set, uploads and results need header `X-API-Key` (health stays open)."
+        None,
+        description="When set (at least 16 printable ASCII characters), uploads and results need header "
+        "`X-API-Key` (health stays open); unset, everything is open. An empty value is refused.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://localhost:8000", "http://127.0.0.1:8000"],
@@ -124,6 +185,27 @@ class WebSettings(PipelineSettings):
         SecretStr(DEV_JOB_ID_SECRET),
         description="Signs job ids so the sink can tell a pending job from nonsense. Same value on API and sink.",
     )
+
+    expose_docs: bool = Field(
+        True, description="Serve `/docs` and `/openapi.json`; false answers them 404 (a public port)."
+    )
+    expose_metrics: bool = Field(True, description="Serve `/metrics`; false answers it 404 (a public port).")
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if not key:
+            # An empty key used to turn authentication off without a word: unset means open, never "".
+            raise ValueError("API_KEY is empty; unset it to leave the services open, or set a real key")
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"API_KEY is {len(key)} characters long; use at least {MIN_API_KEY_LENGTH}")
+        if not (key.isascii() and key.isprintable()) or key != key.strip():
+            # It travels in an HTTP header: other characters, and spaces at either end, do not survive.
+            raise ValueError("API_KEY: use printable ASCII characters only, with no spaces at either end")
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
