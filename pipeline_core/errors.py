@@ -57,6 +57,11 @@ class CommitRefusedError(PipelineError):
     """The group refused an offset commit because the partitions moved; their next owner re-reads them."""
 
 
+class FencedError(PipelineError):
+    """A newer producer with this process's transactional id took over: this process is a zombie and must stop
+    (or two processes share one CONSUMER_INSTANCE_ID)."""
+
+
 class TransactionError(PipelineError):
     """A Kafka transaction could not be completed (aborted, fenced or timed out); nothing of it is visible."""
 

@@ -14,6 +14,7 @@ from kafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    ProducerFencedError,
     SaslAuthenticationFailedError,
 )
 from kafka.structs import OffsetAndMetadata
@@ -21,6 +22,7 @@ from kafka.structs import OffsetAndMetadata
 from pipeline_core.errors import (
     BrokerUnavailableError,
     CommitRefusedError,
+    FencedError,
     KafkaAccessError,
     PipelineError,
     PublishError,
@@ -40,6 +42,13 @@ def translate(error: KafkaError, doing: str) -> PipelineError:
         return KafkaAccessError(f"{doing}: the cluster refused this client ({type(error).__name__}: {error})")
     retriable = bool(getattr(error, "retriable", False)) or isinstance(error, KafkaTimeoutError)
     return BrokerUnavailableError(f"{doing}: {type(error).__name__}: {error}", retriable=retriable)
+
+
+def _fenced(error: BaseException | None, transactional_id: object) -> FencedError:
+    return FencedError(
+        f"producer fenced: another process took over transactional id {transactional_id} "
+        f"({error}); CONSUMER_INSTANCE_ID must be unique to each running consumer"
+    )
 
 
 def _ours(tps: Iterable[Any]) -> set[TopicPartition]:
@@ -159,6 +168,8 @@ class KafkaPythonProducer:
         except KafkaError as e:
             raise PublishError(f"flush failed: {type(e).__name__}: {e}") from e
         failed = [(r, f) for r, f in futures if not f.succeeded()]
+        if any(isinstance(f.exception, ProducerFencedError) for _, f in failed):
+            raise _fenced(failed[0][1].exception, self._producer.config.get("transactional_id"))
         # A record the broker refuses for its size will be refused every time; anything else may pass later.
         refused = [r for r, f in failed if isinstance(f.exception, MessageSizeTooLargeError)]
         if refused:
@@ -174,6 +185,8 @@ class KafkaPythonProducer:
     def begin_transaction(self) -> None:
         try:
             self._producer.begin_transaction()
+        except ProducerFencedError as e:
+            raise _fenced(e, self._producer.config.get("transactional_id")) from e
         except KafkaError as e:
             raise TransactionError(f"begin transaction: {type(e).__name__}: {e}") from e
 
@@ -186,6 +199,8 @@ class KafkaPythonProducer:
             if kafka_offsets:
                 self._wait(manager.send_offsets_to_transaction(kafka_offsets, group_metadata), timeout_s)
             self._wait(manager.begin_commit(), timeout_s)
+        except ProducerFencedError as e:
+            raise _fenced(e, self._producer.config.get("transactional_id")) from e
         except KafkaError as e:
             if isinstance(e, AuthorizationError):
                 raise translate(e, "transaction commit") from e

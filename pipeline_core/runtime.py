@@ -38,12 +38,13 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-from pipeline_core.errors import ConfigurationError, PipelineError, RecordRefusedError
+from pipeline_core.errors import PipelineError, RecordRefusedError
 from pipeline_core.events import RawRecord, Record, bounded
 from pipeline_core.kafka_client import (
     ConsumerClient,
@@ -442,9 +443,9 @@ class ConsumerRuntime:
                 producer.send(output)
             if outputs:  # Step 2: every output acknowledged by the in-sync replicas
                 producer.flush(CHECKPOINT_TIMEOUT_S)
-        except ConfigurationError:
-            raise
         except PipelineError as e:
+            if not (e.retriable or isinstance(e, RecordRefusedError)):
+                raise  # refused access: nothing to retry; the process exits and says why
             self._note_refused(e)
             raise _RetryBatch(e, rewind_to_committed=False) from e
         committer.done(records)  # Step 3: offsets, now that the outputs are safe; committed spaced out
@@ -462,9 +463,9 @@ class ConsumerRuntime:
             producer.commit_transaction(
                 next_offsets(records), consumer.group_metadata(), CHECKPOINT_TIMEOUT_S
             )
-        except ConfigurationError:
-            raise
         except PipelineError as e:
+            if not (e.retriable or isinstance(e, RecordRefusedError)):
+                raise  # fenced by a newer instance (this one is a zombie), or refused access: stop
             self._note_refused(e)
             self.stats.aborted_transactions += 1
             raise _RetryBatch(e, rewind_to_committed=True) from e
@@ -570,7 +571,8 @@ def runtime_config(
 def transactional_id(settings: PipelineSettings, group_id: str) -> str:
     """The transactional id of this consumer process: stable across its restarts when it has an instance id,
     so that the restarted process fences the transactions its predecessor left open."""
-    instance = settings.consumer_instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    # Unset, it is unique to this runtime (two in one process must not fence each other), and not stable.
+    instance = settings.consumer_instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     return f"{settings.kafka_client_id_prefix}-{group_id}-{instance}"
 
 

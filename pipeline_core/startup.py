@@ -14,13 +14,22 @@ from pipeline_core.settings import DEV_JOB_ID_SECRET, PipelineSettings, WebSetti
 SettingsT = TypeVar("SettingsT", bound=PipelineSettings)
 
 
+def describe_errors(error: ValidationError) -> str:
+    """One line per invalid setting, without the value given: it may be a secret (a short API_KEY, a URL's password)."""
+    lines = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in item["loc"]) or "settings"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
 def load_settings(cls: type[SettingsT], service: str) -> SettingsT | None:
     """Settings from the environment, logging configured and the effective values logged (secrets masked);
     None, after printing which settings are wrong, when they do not validate (the caller exits 2)."""
     try:
         settings = cls()
     except ValidationError as e:
-        print(f"{service}: invalid settings:\n{e}", file=sys.stderr)
+        print(f"{service}: invalid settings:\n{describe_errors(e)}", file=sys.stderr)
         return None
     configure_logging(settings.log_level)
     logger = logging.getLogger(service)
