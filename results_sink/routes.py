@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pipeline_core.jobs import is_issued_job_id
 from pipeline_core.web import api_key_guard
+from results_sink.capacity import StreamSlots, client_key
 from results_sink.deps import ConsumerDep, HubDep, LastEventIdDep, SettingsDep, StoreDep
-from results_sink.hub import ResultHub
 from results_sink.models import ErrorResponse, HealthResponse, PendingResponse, ReadyResponse, ResultResponse
 from results_sink.settings import SinkSettings
-from results_sink.store import StoredResult
 from results_sink.streams import StreamRequest, stream_response
 
-RETRY_AFTER_S = 5
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse},
     401: {"model": ErrorResponse},
@@ -27,12 +25,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = _ERRORS | {
     200: {"content": {"text/event-stream": {}}, "description": "`result` events, then the stream ends"},
     204: {"description": "Everything was sent already (Last-Event-ID); an EventSource stops reconnecting"},
-    503: {"model": ErrorResponse},
+    429: {"model": ErrorResponse, "description": "This client has its most streams open; `Retry-After`"},
+    503: {"model": ErrorResponse, "description": "This instance has its most streams open; `Retry-After`"},
 }
-
-
-def _unknown_job() -> HTTPException:
-    return HTTPException(404, detail="unknown job id: not one this system's API issued")
 
 
 def _parse_ids(raw: str, limit: int) -> list[str]:
@@ -45,48 +40,62 @@ def _parse_ids(raw: str, limit: int) -> list[str]:
     return ids
 
 
-def _check_capacity(hub: ResultHub, settings: SinkSettings) -> None:
-    if hub.subscriber_count >= settings.max_sse_connections:
-        raise HTTPException(
-            503,
-            detail=f"{hub.subscriber_count} live streams, the most this instance serves; retry later",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
+def _check_issued(job_ids: list[str], settings: SinkSettings) -> None:
+    """404 unless the API issued every id, checked by signature alone: the store is not read for made-up ids."""
+    unknown = [i for i in job_ids if not is_issued_job_id(i, settings.job_id_key)]
+    if len(job_ids) == 1 and unknown:
+        raise HTTPException(404, detail="unknown job id: not one this system's API issued")
+    if unknown:
+        shown = ", ".join(repr(i[:40]) for i in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise HTTPException(404, detail=f"unknown job ids: {shown}{more}")
 
 
 def create_router(settings: SinkSettings) -> APIRouter:
-    """The results routes, behind the API-key check when one is configured."""
-    router = APIRouter(prefix="/v1", dependencies=[Depends(api_key_guard(settings))])
+    """The results routes, behind the API-key check when one is configured (the streams also take
+    `?api_key=`, which a browser's EventSource needs), and the streams' caps."""
+    router = APIRouter(prefix="/v1")
+    header_key = [Depends(api_key_guard(settings))]
+    header_or_query_key = [Depends(api_key_guard(settings, query_allowed=True))]
+    slots = StreamSlots(settings.max_sse_connections, settings.max_sse_streams_per_client)
 
     @router.get(
         "/results/{job_id}",
         response_model=ResultResponse,
+        dependencies=header_key,
         responses=_ERRORS | {202: {"model": PendingResponse, "description": "Issued, no result stored yet"}},
     )
     def get_result(job_id: str, store: StoreDep, s: SettingsDep) -> ResultResponse | JSONResponse:
         """One job's result (200), pending (202) or unknown (404)."""
+        _check_issued([job_id], s)
         stored = store.get(job_id)
         if stored is not None:
             return ResultResponse.from_stored(stored)
-        if is_issued_job_id(job_id, s.job_id_key):
-            return JSONResponse(PendingResponse(id=job_id).model_dump(), status_code=202)
-        raise _unknown_job()
+        return JSONResponse(PendingResponse(id=job_id).model_dump(), status_code=202)
 
-    @router.get("/results/{job_id}/events", response_class=Response, responses=_STREAM_RESPONSES)
+    @router.get(
+        "/results/{job_id}/events",
+        response_class=Response,
+        dependencies=header_or_query_key,
+        responses=_STREAM_RESPONSES,
+    )
     async def job_events(
-        job_id: str, after: LastEventIdDep, store: StoreDep, hub: HubDep, s: SettingsDep
+        request: Request, job_id: str, *, after: LastEventIdDep, store: StoreDep, hub: HubDep, s: SettingsDep
     ) -> Response:
         """One `result` event as soon as the job's result is stored (at once if it is), then the end."""
+        _check_issued([job_id], s)
         stored = await run_in_threadpool(store.get, job_id)
-        if stored is None and not is_issued_job_id(job_id, s.job_id_key):
-            raise _unknown_job()
         if stored is not None and stored.seq <= after:
             return Response(status_code=204)
-        _check_capacity(hub, s)
-        return stream_response(StreamRequest([job_id], after), hub, store, s)
+        release = slots.acquire(client_key(request))
+        return stream_response(StreamRequest([job_id], after), hub, store, s, on_close=release)
 
-    @router.get("/events", response_class=Response, responses=_STREAM_RESPONSES)
+    @router.get(
+        "/events", response_class=Response, dependencies=header_or_query_key, responses=_STREAM_RESPONSES
+    )
     async def many_events(
+        request: Request,
+        *,
         after: LastEventIdDep,
         store: StoreDep,
         hub: HubDep,
@@ -95,31 +104,24 @@ def create_router(settings: SinkSettings) -> APIRouter:
     ) -> Response:
         """Each job's `result` as it is stored (stored ones first, in seq order), then the end."""
         job_ids = _parse_ids(ids, s.max_ids_per_stream)
+        _check_issued(job_ids, s)
         stored = await run_in_threadpool(store.results_after, job_ids, 0)
-        _check_known(job_ids, stored, s)
         if len(stored) == len(job_ids) and all(r.seq <= after for r in stored):
             return Response(status_code=204)
-        _check_capacity(hub, s)
-        return stream_response(StreamRequest(job_ids, after), hub, store, s)
+        release = slots.acquire(client_key(request))
+        return stream_response(StreamRequest(job_ids, after), hub, store, s, on_close=release)
 
     return router
-
-
-def _check_known(job_ids: list[str], stored: list[StoredResult], settings: SinkSettings) -> None:
-    known = {r.job_id for r in stored}
-    unknown = [i for i in job_ids if i not in known and not is_issued_job_id(i, settings.job_id_key)]
-    if unknown:
-        shown = ", ".join(repr(i[:40]) for i in unknown[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise HTTPException(404, detail=f"unknown job ids: {shown}{more}")
 
 
 health = APIRouter()
 
 
-@health.get("/healthz", response_model=HealthResponse)
-def healthz() -> HealthResponse:
-    """The process answers (always 200)."""
+@health.get("/healthz", response_model=HealthResponse, responses={503: {"model": ErrorResponse}})
+def healthz(consumer: ConsumerDep) -> HealthResponse | JSONResponse:
+    """200 while the process works; 503 once its consumer loop has died (it is about to exit)."""
+    if consumer.failure is not None:
+        return JSONResponse({"error": f"consumer loop died: {consumer.failure}"}, status_code=503)
     return HealthResponse()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline_core.settings import WebSettings
+from pipeline_core.settings import WebSettings, mask_url_password
 
 STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 
@@ -32,7 +32,18 @@ class SinkSettings(WebSettings):
         10.0, gt=0, le=300, description="A client that cannot take one event within this long is dropped."
     )
     max_sse_connections: int = Field(
-        10_000, ge=1, le=1_000_000, description="Streams above this many get 503 and Retry-After."
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Streams above this many (all clients) get 503 and Retry-After.",
+    )
+    max_sse_streams_per_client: int = Field(
+        1_000,
+        ge=1,
+        le=1_000_000,
+        description="Streams one client (one address) may have open; above, 429 and Retry-After. Behind a "
+        "proxy every client has the proxy's address unless uvicorn trusts its X-Forwarded-For "
+        "(FORWARDED_ALLOW_IPS).",
     )
     max_ids_per_stream: int = Field(
         100, ge=1, le=10_000, description="Most job ids one `/v1/events` stream may watch."
@@ -46,7 +57,7 @@ class SinkSettings(WebSettings):
     def _known_store(cls, value: str) -> str:
         if not value.startswith(STORE_SCHEMES) or value in STORE_SCHEMES:
             raise ValueError(
-                f"RESULTS_STORE_URL: {value!r} is not a store URL; use sqlite:///path/to/results.db "
+                f"RESULTS_STORE_URL: {mask_url_password(value)!r} is not a store URL; use sqlite:///path/to/results.db "
                 "(four slashes for an absolute path) or postgresql://user:password@host:5432/db"
             )
         return value

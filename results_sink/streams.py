@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
 from anyio import to_thread
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from results_sink.hub import EndReason, ResultHub, Subscription
 from results_sink.models import ResultResponse
@@ -80,16 +81,42 @@ async def result_events(
                     yield result_event(item)
 
 
+class _ClosingEventSourceResponse(EventSourceResponse):
+    """An EventSourceResponse that calls `on_close` once it is over, however it ended."""
+
+    def __init__(
+        self,
+        events: AsyncIterator[ServerSentEvent],
+        shutdown: anyio.Event,
+        settings: SinkSettings,
+        on_close: Callable[[], None],
+    ) -> None:
+        super().__init__(
+            events,
+            ping=settings.sse_ping_interval_s,
+            send_timeout=settings.sse_send_timeout_s,
+            shutdown_event=shutdown,
+            shutdown_grace_period=settings.shutdown_grace_s,
+        )
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the stream; then release what it held, also when the client left or the server stops."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
 def stream_response(
-    request: StreamRequest, hub: ResultHub, store: ResultStore, settings: SinkSettings
+    request: StreamRequest,
+    hub: ResultHub,
+    store: ResultStore,
+    settings: SinkSettings,
+    on_close: Callable[[], None] = lambda: None,
 ) -> EventSourceResponse:
-    """The SSE response: pings, a per-send timeout for stuck clients, and a cooperative end at shutdown."""
+    """The SSE response: pings, a per-send timeout for stuck clients, a cooperative end at shutdown, and
+    `on_close` called when it is over."""
     shutdown = anyio.Event()
     events = result_events(request, hub, store, shutdown, settings.sse_stream_timeout_s)
-    return EventSourceResponse(
-        events,
-        ping=settings.sse_ping_interval_s,
-        send_timeout=settings.sse_send_timeout_s,
-        shutdown_event=shutdown,
-        shutdown_grace_period=settings.shutdown_grace_s,
-    )
+    return _ClosingEventSourceResponse(events, shutdown, settings, on_close)

@@ -10,12 +10,13 @@ from pydantic import ValidationError
 from sink_helpers import SinkServer
 
 pytestmark = pytest.mark.timeout(60)
+KEY = "tests-api-key-0123456789"  # API_KEY takes 16 characters or more
 
 
 def test_api_key_guards_results_but_not_health(
     start_sink: Callable[..., SinkServer], job_id: Callable[[], str]
 ) -> None:
-    sink = start_sink(api_key="s3cret")
+    sink = start_sink(api_key=KEY)
     job = job_id()
     with httpx.Client(base_url=sink.url, timeout=10) as client:
         for url in (f"/v1/results/{job}", f"/v1/events?ids={job}", f"/v1/results/{job}/events"):
@@ -23,9 +24,9 @@ def test_api_key_guards_results_but_not_health(
             assert response.status_code == 401, url
             assert "X-API-Key" in response.json()["error"]
             assert client.get(url, headers={"X-API-Key": "wrong"}).status_code == 401
-        assert client.get(f"/v1/results/{job}", headers={"X-API-Key": "s3cret"}).status_code == 202
+        assert client.get(f"/v1/results/{job}", headers={"X-API-Key": KEY}).status_code == 202
         # EventSource cannot send headers; the key may come as a query parameter instead.
-        with client.stream("GET", f"/v1/results/{job}/events", params={"api_key": "s3cret"}) as stream:
+        with client.stream("GET", f"/v1/results/{job}/events", params={"api_key": KEY}) as stream:
             assert stream.status_code == 200
         for open_url in ("/healthz", "/readyz", "/metrics"):
             assert client.get(open_url).status_code == 200

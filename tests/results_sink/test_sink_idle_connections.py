@@ -55,6 +55,8 @@ class SinkProcess:
                 "SINK_PORT": str(self.port),
                 "RESULTS_STORE_URL": f"sqlite:///{data_dir.resolve()}/results-{self.port}.db",
                 "JOB_ID_SECRET": SECRET,
+                # Every stream here comes from this one test process: above the per-client cap's default.
+                "MAX_SSE_STREAMS_PER_CLIENT": str(IDLE_STREAMS + 100),
                 "LOG_LEVEL": "WARNING",
             }
             | env
