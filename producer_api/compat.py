@@ -14,15 +14,16 @@ from pydantic import ValidationError
 from pipeline_core.errors import PublishError
 from pipeline_core.events import FeedbackEvent
 from pipeline_core.jobs import is_issued_job_id
-from pipeline_core.web import api_key_guard
+from pipeline_core.web import CSP_HEADER, api_key_guard, origin_of, page_csp
 from producer_api import metrics
 from producer_api.admission import OverloadedError
 from producer_api.deps import Services, ServicesDep
+from producer_api.forms import form_charset
 from producer_api.models import FeedbackAccepted, PredictBody
 from producer_api.pages import PageResult
 from producer_api.results import ResultTimeoutError, ResultUnavailableError
 from producer_api.settings import ApiSettings
-from producer_api.uploads import check_content_length, receive_images, to_events
+from producer_api.uploads import check_content_length, limit_body, receive_images, to_events
 from producer_api.validation import UploadRejected
 
 logger = logging.getLogger(__name__)
@@ -116,10 +117,13 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
     router = APIRouter(tags=["compatibility"])
     guarded = [Depends(api_key_guard(settings))]
 
+    # The page reads results from the sink, another origin: its policy must let it connect there.
+    page_headers = {CSP_HEADER: page_csp([origin_of(settings.results_public_url)])}
+
     @router.get("/", response_class=HTMLResponse, summary="The upload page")
     async def page(services: ServicesDep) -> HTMLResponse:
         """The upload page: choose or drop photos, watch their labels arrive."""
-        return HTMLResponse(services.page.render())
+        return HTMLResponse(services.page.render(), headers=page_headers)
 
     @router.post(
         "/",
@@ -134,7 +138,8 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
         if outcome.error == "no_file":
             return RedirectResponse("/", status_code=302)
         shown = PageResult(outcome.filename, outcome.label, outcome.score, outcome.reason)
-        return HTMLResponse(services.page.render(shown), status_code=outcome.status, headers=outcome.headers)
+        headers = page_headers | (outcome.headers or {})
+        return HTMLResponse(services.page.render(shown), status_code=outcome.status, headers=headers)
 
     @router.post(
         "/predict",
@@ -186,7 +191,10 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
 
 async def _feedback_event(request: Request, settings: ApiSettings) -> FeedbackEvent | None:
     check_content_length(request, FEEDBACK_MAX_BODY)
-    form = await request.form(max_files=0, max_fields=8, max_part_size=FEEDBACK_MAX_BODY)
+    # Checked here too: Starlette's parser fails with a 500 on some charsets (`undefined`).
+    form_charset(request.headers.get("content-type"))
+    bounded = limit_body(request, FEEDBACK_MAX_BODY)
+    form = await bounded.form(max_files=0, max_fields=8, max_part_size=FEEDBACK_MAX_BODY)
     report, job_id = form.get("report"), form.get("job_id") or None
     if not isinstance(report, str) or not report.strip():
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from starlette.requests import Request
+from starlette.types import Message
 
 from pipeline_core.events import ImageEvent, ImageMeta
 from pipeline_core.jobs import new_job_id
@@ -24,6 +25,26 @@ def check_content_length(request: Request, max_bytes: int) -> None:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise UploadRejected(413, "body_too_large", f"the request body is over {max_bytes} bytes")
+
+
+def limit_body(request: Request, max_bytes: int) -> Request:
+    """The same request, refused with 413 as soon as more than `max_bytes` of its body arrive.
+
+    For parsers that read the whole body (Starlette's forms): a body sent without Content-Length passes
+    `check_content_length`, and would otherwise be read to its end whatever its size.
+    """
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise UploadRejected(413, "body_too_large", f"the request body is over {max_bytes} bytes")
+        return message
+
+    return Request(request.scope, receive)
 
 
 async def receive_images(request: Request, settings: ApiSettings, max_files: int) -> list[ValidatedUpload]:

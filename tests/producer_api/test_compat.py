@@ -27,6 +27,7 @@ from producer_api.app import create_app
 from producer_api.settings import ApiSettings
 
 pytestmark = pytest.mark.timeout(60)
+KEY = "tests-api-key-0123456789"  # API_KEY takes 16 characters or more
 THREE_KEYS_FAILED = {"success": False, "prediction": None, "score": None}
 
 
@@ -85,10 +86,10 @@ def fake_sink() -> Iterator[FakeSink]:
 def sink_client(api_settings_factory, fake_sink: FakeSink) -> Iterator[AppClient]:  # type: ignore[no-untyped-def]
     """The app, with /predict waiting on the fake sink."""
     settings: ApiSettings = api_settings_factory(
-        results_internal_url=f"http://127.0.0.1:{fake_sink.port}", predict_timeout_s=1.5, api_key="k"
+        results_internal_url=f"http://127.0.0.1:{fake_sink.port}", predict_timeout_s=1.5, api_key=KEY
     )
     with AppClient(create_app(settings)) as client:
-        client.http.headers["X-API-Key"] = "k"
+        client.http.headers["X-API-Key"] = KEY
         yield client
 
 
@@ -105,7 +106,7 @@ def test_predict_publishes_and_answers_the_label_and_score(
     assert response.json() == {"success": True, "prediction": "tabby", "score": 0.8765}
     (record,) = reader.read(api_settings.topic_images, 1)
     event = decode_image(record.value, record.headers)
-    assert fake_sink.requests == [(event.meta.job_id, "k")], (
+    assert fake_sink.requests == [(event.meta.job_id, KEY)], (
         "waited on the job it published, with the API key"
     )
     assert event.image == photos["chelsea"]

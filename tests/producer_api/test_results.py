@@ -12,7 +12,8 @@ from producer_api.results import ResultTimeoutError, ResultUnavailableError, Res
 from producer_api.settings import ApiSettings
 
 pytestmark = pytest.mark.timeout(60)
-SETTINGS = ApiSettings(results_internal_url="http://sink.internal", api_key="k", _env_file=None)  # type: ignore[call-arg]
+KEY = "tests-api-key-0123456789"  # API_KEY takes 16 characters or more
+SETTINGS = ApiSettings(results_internal_url="http://sink.internal", api_key=KEY, _env_file=None)  # type: ignore[call-arg]
 
 
 def sse(*events: tuple[str, dict[str, object]]) -> bytes:
@@ -42,7 +43,7 @@ def test_the_result_event_is_returned_and_the_key_and_path_are_sent() -> None:
 
     assert wait_with(httpx.MockTransport(handler))["label"] == "tabby"
     assert str(seen[0].url) == "http://sink.internal/v1/results/job-1/events"
-    assert seen[0].headers["x-api-key"] == "k"
+    assert seen[0].headers["x-api-key"] == KEY
 
 
 def test_a_stream_that_ends_or_breaks_without_a_result_is_followed_again() -> None:

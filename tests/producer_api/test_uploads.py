@@ -12,6 +12,7 @@ from producer_api.app import create_app
 from producer_api.settings import ApiSettings
 
 pytestmark = pytest.mark.timeout(60)
+KEY = "tests-api-key-0123456789"  # API_KEY takes 16 characters or more
 
 
 def test_n_files_give_n_jobs_and_n_events_spread_over_partitions(
@@ -166,12 +167,12 @@ def test_hostile_filenames_are_sanitised_in_the_answer_and_the_event(
 
 
 def test_the_api_key_is_required_when_set_and_health_stays_open(api_settings_factory) -> None:  # type: ignore[no-untyped-def]
-    settings = api_settings_factory(api_key="s3cret")
+    settings = api_settings_factory(api_key=KEY)
     with AppClient(create_app(settings)) as client:
         files = {"file": ("a.png", make_image())}
         assert client.post("/v1/images", files=files).status_code == 401
         assert client.post("/v1/images", files=files, headers={"X-API-Key": "wrong"}).status_code == 401
-        assert client.post("/v1/images", files=files, headers={"X-API-Key": "s3cret"}).status_code == 202
+        assert client.post("/v1/images", files=files, headers={"X-API-Key": KEY}).status_code == 202
         assert client.post("/predict", files=files).status_code == 401
         assert client.post("/feedback", data={"report": "x"}).status_code == 401
         assert client.get("/healthz").status_code == 200
