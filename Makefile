@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-fast bench lint typecheck jars clean
+.PHONY: help run test test-fast bench bench-guarantees lint typecheck jars clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,11 +31,14 @@ test: $(STAMP)  ## run the whole test suite against a real broker, model, photos
 	@$(MAKE) --no-print-directory jars
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)  ## unit tests only (no broker, no model)
-	$(PY) -m pytest -m "not slow" tests/pipeline_core $(PYTEST_ARGS)
+test-fast: $(STAMP)  ## unit tests only (no broker, no model; the runtime and handlers on fake clients)
+	$(PY) -m pytest -m "not slow and not broker" tests/pipeline_core tests/launcher tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP) jars  ## measure the pipeline against the model's own ceiling; writes docs/benchmarks/ (~5 min)
 	$(PY) -m benchmarks.pipeline_bench
+
+bench-guarantees: $(STAMP) jars  ## what exactly-once costs against at-least-once; writes docs/benchmarks/guarantees.* (~4 min)
+	$(PY) -m benchmarks.guarantee_bench
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .

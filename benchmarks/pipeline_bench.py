@@ -334,10 +334,16 @@ def summarise_broker_profile(profile_dir: Path, top: int = 25) -> str | None:
     return text
 
 
-def start_system(bootstrap: str, work: Path, config: Config, log_dir: Path) -> tuple[System, float]:
+def start_system(
+    bootstrap: str, work: Path, config: Config, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> tuple[System, float]:
     """A whole system with `config`'s consumers; returns it and its seconds from launch to ready."""
-    name = f"bench-{config.consumers}x{config.threads}-{int(time.time())}"
-    env = isolated_env(name) | {"MODEL_THREADS": str(config.threads), "LOG_LEVEL": "WARNING"}
+    name = f"bench-{config.consumers}x{config.threads}-{time.time_ns()}"
+    env = (
+        isolated_env(name)
+        | {"MODEL_THREADS": str(config.threads), "LOG_LEVEL": "WARNING"}
+        | (extra_env or {})
+    )
     log = (log_dir / f"{name}.log").open("w")
     system = System(bootstrap, work / name, free_port(), free_port(), config.consumers, env=env, out=log)
     started = time.monotonic()

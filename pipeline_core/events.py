@@ -117,8 +117,8 @@ def _check_schema(headers: Headers | None, expected: str) -> None:
     if found is None:
         raise DecodeError(f"record has no {SCHEMA_HEADER!r} header; expected {expected}")
     if found.split("/")[0] == expected.split("/", maxsplit=1)[0]:
-        raise SchemaVersionError(f"record has schema {bounded(found)}; this reader understands {expected}")
-    raise DecodeError(f"record has schema {bounded(found)}; expected {expected}")
+        raise SchemaVersionError(f"record has schema {bounded(found)!r}; this reader understands {expected}")
+    raise DecodeError(f"record has schema {bounded(found)!r}; expected {expected}")
 
 
 def encode_image(event: ImageEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
-from kafka.errors import CoordinatorNotAvailableError
 from kafka.structs import OffsetAndMetadata
+
+from pipeline_core.retry import retry_call
 
 _COORDINATOR_WAIT_S = 10.0
 
@@ -30,15 +29,12 @@ def group_lag(admin: KafkaAdminClient, group_id: str, topic: str) -> dict[int, i
 def _committed(
     admin: KafkaAdminClient, group_id: str, partitions: list[TopicPartition]
 ) -> dict[TopicPartition, OffsetAndMetadata]:
-    # On a fresh cluster the first group lookup creates __consumer_offsets; its coordinator needs a moment.
-    deadline = time.monotonic() + _COORDINATOR_WAIT_S
-    while True:
-        try:
-            offsets: dict[TopicPartition, OffsetAndMetadata] = admin.list_group_offsets(
-                {group_id: partitions}
-            ).get(group_id, {})
-            return offsets
-        except CoordinatorNotAvailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    # On a fresh cluster the first group lookup creates __consumer_offsets; its coordinator needs a moment
+    # (CoordinatorNotAvailableError is retriable).
+    def fetch() -> dict[TopicPartition, OffsetAndMetadata]:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = admin.list_group_offsets(
+            {group_id: partitions}
+        ).get(group_id, {})
+        return offsets
+
+    return retry_call(fetch, f"reading the offsets of group {group_id}", timeout_s=_COORDINATOR_WAIT_S)

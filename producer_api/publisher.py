@@ -21,6 +21,7 @@ from kafka.errors import KafkaError
 
 from pipeline_core.errors import BrokerUnavailableError, PipelineError, PublishError
 from pipeline_core.events import FeedbackEvent, ImageEvent, encode_feedback, encode_image
+from pipeline_core.retry import Backoff, should_log
 from producer_api import metrics
 from producer_api.broker import Connection, any_port_open, connect, probe
 from producer_api.settings import ApiSettings
@@ -28,7 +29,7 @@ from producer_api.settings import ApiSettings
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 2.0
-MAX_RETRY_DELAY_S = 5.0
+CONNECT_BACKOFF = Backoff(first_s=0.25, max_s=5.0)  # the project's one retry policy, awaited here
 OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 
 
@@ -117,9 +118,9 @@ class Publisher:
             except BrokerUnavailableError as e:
                 self._attempt = None
                 self._set_state(False, str(e))
-                log = logger.warning if attempt % 10 == 1 else logger.info
+                log = logger.warning if should_log(attempt) else logger.debug
                 log("Kafka not reachable (attempt %d): %s; retrying", attempt, e)
-                await asyncio.sleep(min(MAX_RETRY_DELAY_S, 0.25 * attempt))
+                await asyncio.sleep(CONNECT_BACKOFF.delay(attempt))
             except PipelineError as e:
                 self._attempt = None
                 self._fatal = e

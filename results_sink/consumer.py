@@ -18,7 +18,6 @@ from pipeline_core.events import (
     decode_feedback,
     decode_prediction,
 )
-from pipeline_core.jobs import is_issued_job_id
 from pipeline_core.kafka_client import OutRecord
 from pipeline_core.runtime import ConsumerRuntime, describe, runtime_config
 from pipeline_core.topics import ensure_topics, pipeline_topics
@@ -46,6 +45,7 @@ class SinkHandler:
         self.settings = settings
         self.store = store
         self.on_stored = on_stored
+        self.stored = 0
         self.duplicates = 0
 
     def handle(self, batch: Sequence[Record[Any]]) -> list[OutRecord]:
@@ -59,20 +59,18 @@ class SinkHandler:
         return []
 
     def on_poison(self, record: RawRecord, reason: str) -> list[OutRecord]:
-        """An unreadable prediction of a job this system issued: store a failed result, so the job ends."""
-        is_feedback = record.topic == self.settings.topic_feedback
-        metrics.UNDECODABLE_RECORDS.labels("feedback" if is_feedback else "prediction").inc()
-        job_id = _key_text(record)
-        if is_feedback or job_id is None or not is_issued_job_id(job_id, self.settings.job_id_key):
-            return []
-        failed = PredictionEvent(job_id=job_id, status="failed", error=f"result unreadable: {reason}")
-        self._store([record.replace_value(failed)])
+        """Count it; the runtime copies it to the dead-letter topic. No failed result is stored: a prediction the
+        sink cannot read (a newer schema during a rolling upgrade, a foreign writer) must not end its job
+        before the readable result, and can be replayed from the dead-letter topic."""
+        kind = "feedback" if record.topic == self.settings.topic_feedback else "prediction"
+        metrics.UNDECODABLE_RECORDS.labels(kind).inc()
         return []
 
     def _store(self, records: list[Record[PredictionEvent]]) -> None:
         started = time.perf_counter()
         new = self.store.write_batch([r.value for r in records])
         metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
+        self.stored += len(new)
         new_ids = {r.job_id for r in new}
         for record in records:
             event = record.value
@@ -88,14 +86,6 @@ class SinkHandler:
                 metrics.RESULT_AGE_SECONDS.observe(stored.stored_at - stored.event.timings.received_at)
         if new:
             self.on_stored(new)
-
-
-def _key_text(record: RawRecord) -> str | None:
-    try:
-        key = record.key.decode("ascii") if record.key and len(record.key) <= 64 else None
-    except UnicodeDecodeError:
-        return None
-    return key
 
 
 def _decoders(settings: SinkSettings) -> dict[str, Callable[[RawRecord], object]]:

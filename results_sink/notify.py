@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pipeline_core.retry import Backoff, should_log
 from results_sink.store import StoredResult, StoreError
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 CHANNEL = "results_sink"  # NOTIFY channel; the payload is the largest seq the notifying transaction stored
 WAIT_S = 0.25  # how long one wait for notifications lasts: how quickly `stop()` is noticed
 PAGE = 500  # results read (and handed over) at a time
-RETRY_PAUSE_S = 1.0
+RETRY_BACKOFF = Backoff(first_s=0.5, max_s=5.0)  # the project's one retry policy
 
 
 def _notified_seq(payload: str) -> int | None:
@@ -93,21 +94,25 @@ class ResultListener:
             self._conn = None
 
     def _run(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             try:
                 if self._conn is None:
                     self._conn = self._connect()
                     logger.info("listener reconnected; reading what was stored meanwhile")
                     self._catch_up()
+                    failures = 0
                 self._wait(self._conn)
             except (psycopg.Error, StoreError) as e:
-                logger.warning("listener: %s; retrying in %.0f s", e, RETRY_PAUSE_S)
+                failures += 1
+                if should_log(failures):
+                    logger.warning("listener: %s (attempt %d); retrying", e, failures)
                 self._close_connection()
-                self._stopping.wait(RETRY_PAUSE_S)
+                self._stopping.wait(RETRY_BACKOFF.delay(failures))
             except Exception:
                 # Not expected (a bug in a callback?): log it, and go on feeding the hub rather than stop.
                 logger.exception("listener: unexpected error; going on")
-                self._stopping.wait(RETRY_PAUSE_S)
+                self._stopping.wait(RETRY_BACKOFF.max_s)
         logger.info("listener stopped at seq %d", self.last_seq)
 
     def _wait(self, conn: psycopg.Connection[Any]) -> None:

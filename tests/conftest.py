@@ -33,6 +33,16 @@ def local_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[
     return make
 
 
+BROKER_FIXTURES = {"kafka_bootstrap", "local_broker_factory"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real broker (through any fixture), so `make test-fast` can leave them out."""
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
+
 def unique(prefix: str) -> str:
     """A name no other test uses, so tests never see each other's messages."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -58,6 +58,7 @@ def launched(
             "DATA_DIR": str(tmp_path / "var"),
             "INFERENCE_CONSUMERS": "2",
             "PROCESSING_GUARANTEE": "exactly-once",
+            "MAX_BACKLOG_IMAGES": "2000",  # 500 images in flight at once, all accepted
         }
     )
     log = (output_dir / f"{name}.log").open("wb")

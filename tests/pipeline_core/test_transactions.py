@@ -55,6 +55,11 @@ def output(settings: PipelineSettings, job: str) -> OutRecord:
     return OutRecord(settings.topic_predictions, key, value, tuple(headers))
 
 
+def flush_and_commit(producer, records, metadata: object) -> None:  # type: ignore[no-untyped-def]
+    producer.flush(10)
+    producer.commit_transaction(next_offsets(records), metadata, 10)
+
+
 def test_a_zombie_member_cannot_commit_its_transaction(pipeline_settings: PipelineSettings) -> None:
     s = pipeline_settings
     produce_inputs(s, 12)
@@ -99,12 +104,10 @@ def test_a_producer_replaced_by_a_newer_one_of_its_transactional_id_is_fenced(
     old.send(output(s, "from-the-old-producer"))
     new = create_producer_client(s, "tests", "tests-fenced-" + s.consumer_group_inference)  # fences `old`
     with pytest.raises(PipelineError):
-        old.flush(10)
-        old.commit_transaction(next_offsets(records), consumer.group_metadata(), 10)
+        flush_and_commit(old, records, consumer.group_metadata())
     new.begin_transaction()
     new.send(output(s, "from-the-new-producer"))
-    new.flush(10)
-    new.commit_transaction(next_offsets(records), consumer.group_metadata(), 10)
+    flush_and_commit(new, records, consumer.group_metadata())
     seen = predictions_on_topic(s, {"from-the-new-producer"}, timeout_s=20, settle_s=1)
     assert seen == {"from-the-new-producer": 1}, "only the newer producer's transaction is visible"
     for producer in (old, new):

@@ -92,7 +92,7 @@ def test_a_client_on_one_replica_gets_live_what_the_other_replica_stored(
     for writer, reader in ((a, b), (b, a)):
         job = job_id()
         partition = prediction_partition(writer, topic)
-        stored_before = writer.app.state.consumer.stats.stored
+        stored_before = writer.app.state.consumer.handler.stored
         with (
             httpx.Client(base_url=reader.url, timeout=30) as client,
             connect_sse(client, "GET", f"/v1/results/{job}/events") as source,
@@ -105,7 +105,7 @@ def test_a_client_on_one_replica_gets_live_what_the_other_replica_stored(
         stored = reader.app.state.store.get(job)
         assert stored is not None
         assert [(e.event, e.id, e.json()["id"]) for e in events] == [("result", str(stored.seq), job)]
-        assert writer.app.state.consumer.stats.stored == stored_before + 1  # the other replica wrote it
+        assert writer.app.state.consumer.handler.stored == stored_before + 1  # the other replica wrote it
         # Each replica's hub got the result once: from its listener, not also from its own consumer.
         a.wait_until(lambda j=job: published[a][j] >= 1 and published[b][j] >= 1)
         time.sleep(0.3)
