@@ -157,6 +157,8 @@ class KafkaPythonProducer:
             )
         except MessageSizeTooLargeError as e:
             raise RecordRefusedError(f"record of {record.size} bytes is too large: {e}", [record]) from e
+        except (TypeError, ValueError) as e:  # e.g. neither key nor value: kafka-python refuses such a record
+            raise RecordRefusedError(f"record refused by the client: {e}", [record]) from e
         except KafkaError as e:
             raise PublishError(f"send to {record.topic} failed: {type(e).__name__}: {e}") from e
         self._futures.append((record, future))

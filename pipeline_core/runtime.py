@@ -179,6 +179,7 @@ class ConsumerRuntime:
         self._poisoned: dict[tuple[str, int, int], str] = {}  # records whose outputs the broker refused
         self._rewind_pending: set[TopicPartition] = set()
         self._raw: dict[tuple[str, int, int], RawRecord] = {}  # the batch in hand as polled, by coordinates
+        self._bare_dead_letters: set[tuple[str, int, int]] = set()  # records whose full copy was refused
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -309,6 +310,7 @@ class ConsumerRuntime:
         self.state = "consuming"
         for r in records:
             self._poisoned.pop((r.topic, r.partition, r.offset), None)
+            self._bare_dead_letters.discard((r.topic, r.partition, r.offset))
 
     def _process(self, records: list[RawRecord]) -> None:
         outputs = self._outputs(records)
@@ -399,17 +401,23 @@ class ConsumerRuntime:
         return [*outputs, self._dead_letter(record, reason)]
 
     def _dead_letter(self, record: RawRecord, reason: str) -> OutRecord:
+        """The record's copy for the dead-letter topic, always one a client can send and the topic takes."""
         ours = (
             (DEAD_LETTER_REASON_HEADER, reason.encode()),
             (DEAD_LETTER_SOURCE_HEADER, record.where.encode()),
         )
+        where = (record.topic, record.partition, record.offset)
+        # Null header values become empty (not every client sends nulls); a record with neither key nor value
+        # gets an empty value, since some clients refuse to send one.
         theirs = tuple((k, v or b"") for k, v in record.headers if k not in dict(ours))
-        copy = OutRecord(self.config.dead_letter_topic, record.key, _as_bytes(record.value), theirs + ours)
+        value = _as_bytes(record.value)
+        value = b"" if value is None and record.key is None else value
+        copy = OutRecord(self.config.dead_letter_topic, record.key, value, theirs + ours, record)
         limit = self._limit(copy.topic)
         if copy.size > limit:  # keep what fits: the reason and source always, the value if it can
-            copy = OutRecord(copy.topic, record.key, copy.value, ours)
-        if copy.size > limit:
-            copy = OutRecord(copy.topic, None, None, ours)
+            copy = OutRecord(copy.topic, record.key, value, ours, record)
+        if copy.size > limit or where in self._bare_dead_letters:
+            copy = OutRecord(copy.topic, None, b"", ours, record)
         return copy
 
     def _within_limit(self, output: OutRecord) -> list[OutRecord]:
@@ -475,10 +483,14 @@ class ConsumerRuntime:
         if not isinstance(error, RecordRefusedError):
             return
         for output in error.records:
-            if not isinstance(output, OutRecord) or output.topic == self.config.dead_letter_topic:
+            if not isinstance(output, OutRecord) or output.source is None:
                 continue
-            if output.source is not None:
-                key = (output.source.topic, output.source.partition, output.source.offset)
+            key = (output.source.topic, output.source.partition, output.source.offset)
+            if output.topic == self.config.dead_letter_topic:
+                self._bare_dead_letters.add(
+                    key
+                )  # next attempt: a copy with no more than the reason and source
+            else:
                 self._poisoned.setdefault(key, f"its output was refused: {describe(error)}")
 
     # -- recovery --------------------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ def create_app(settings: SinkSettings, on_fatal: Callable[[], None] | None = Non
             store.close()
             logger.info("results sink stopped")
 
-    app = FastAPI(title="Results sink", version="1", lifespan=lifespan)
+    # docs_url=None: install_common serves /docs from the bundled Swagger UI files, not from a CDN.
+    app = FastAPI(title="Results sink", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     install_common(app, settings)
     app.include_router(health)

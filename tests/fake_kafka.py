@@ -106,6 +106,9 @@ class FakeProducer:
     def send(self, record: OutRecord) -> None:
         if self.transactional and not self.in_transaction:
             raise TransactionError("send outside a transaction")
+        # As kafka-python does: it refuses a record with neither key nor value, and null header values.
+        if (record.key is None and record.value is None) or any(v is None for _, v in record.headers):
+            raise RecordRefusedError("kafka-python refuses this record", [record])
         self.queued.append(record)
 
     def flush(self, timeout_s: float) -> None:

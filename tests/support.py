@@ -136,3 +136,31 @@ def lost_and_duplicated(counts: Counter[str], expected: set[str]) -> tuple[int, 
     lost = len(expected - set(counts))
     duplicated = sum(n - 1 for job, n in counts.items() if job in expected)
     return lost, duplicated
+
+
+def write_raw(
+    settings: PipelineSettings,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]],
+    partitions: int | None = None,
+) -> None:
+    """Write records as any Kafka client may, including what kafka-python refuses to send (a null header value,
+    neither key nor value): with librdkafka (confluent-kafka). With `partitions`, spread them over that many."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "message.max.bytes": 8_000_000, "acks": "all"}
+    )
+    failures: list[object] = []
+    for n, (key, value, headers) in enumerate(records):
+        extra = {"partition": n % partitions} if partitions else {}
+        producer.produce(
+            topic,
+            key=key,
+            value=value,
+            headers=headers,
+            on_delivery=lambda e, _m: e and failures.append(e),
+            **extra,
+        )
+    assert producer.flush(30) == 0, "every raw record delivered"
+    assert not failures, failures

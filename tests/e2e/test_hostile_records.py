@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from support import system_settings, upload, wait_by_polling
+from support import system_settings, upload, wait_by_polling, write_raw
 
 from launcher.system import System
-from pipeline_core.clients import create_consumer, create_producer
+from pipeline_core.clients import create_consumer
 from pipeline_core.events import PredictionEvent
 from pipeline_core.jobs import new_job_id
 
@@ -162,15 +162,7 @@ def test_hostile_records_on_the_images_topic_are_dead_lettered_and_the_group_kee
     secret = system.service_env()["JOB_ID_SECRET"].encode()
     jobs = [new_job_id(secret) for _ in range(2)]
     records = hostile_records(jobs)
-    producer = create_producer(s, "tests", max_request_size=8_000_000)
-    try:
-        for n, (key, value, headers) in enumerate(records):
-            producer.send(
-                s.topic_images, partition=n % s.topic_partitions, key=key, value=value, headers=headers
-            )
-        producer.flush(30)
-    finally:
-        producer.close()
+    write_raw(s, s.topic_images, records, partitions=s.topic_partitions)
     dead = dead_letters(system, len(records))
     assert len(dead) == len(records), "every hostile record is copied to the dead-letter topic"
     for record in dead:
@@ -225,17 +217,9 @@ def test_hostile_records_on_the_predictions_and_feedback_topics_never_stop_the_s
         (b"k", b"x" * 900_000, [("schema", b"prediction/1"), ("x", None)]),
         (b"k", nul.encode(), [("schema", b"prediction/1")]),
     ]
-    producer = create_producer(s, "tests")
-    try:
-        for topic in (s.topic_predictions, s.topic_feedback):
-            for key, value, headers in fixed + extra:
-                producer.send(topic, key=key, value=value, headers=headers)
-        producer.send(
-            s.topic_predictions, key=job.encode(), value=good.encode(), headers=[("schema", b"prediction/1")]
-        )
-        producer.flush(30)
-    finally:
-        producer.close()
+    for topic in (s.topic_predictions, s.topic_feedback):
+        write_raw(s, topic, fixed + extra)
+    write_raw(s, s.topic_predictions, [(job.encode(), good.encode(), [("schema", b"prediction/1")])])
     with httpx.Client(timeout=30) as client:
         result = wait_by_polling(client, f"{running_system.sink_url}/v1/results/{job}")
         assert result["status"] == "done", "the readable result after the hostile records is stored"
