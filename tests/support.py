@@ -9,6 +9,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import httpx
 from httpx_sse import connect_sse
@@ -164,3 +165,11 @@ def write_raw(
         )
     assert producer.flush(30) == 0, "every raw record delivered"
     assert not failures, failures
+
+
+def record(output_dir: Path, name: str, **figures: object) -> None:
+    """Add a fault test's figures to test-output/reliability.json (docs/reliability.md quotes them)."""
+    path = output_dir / "reliability.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = figures
+    path.write_text(json.dumps(data, indent=2))

@@ -9,7 +9,6 @@ faults, lost, duplicated), the figures docs/reliability.md quotes.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import pytest
 from support import (
     lost_and_duplicated,
     predictions_on_topic,
+    record,
     stored_results,
     stream_results,
     system_settings,
@@ -31,14 +31,6 @@ from launcher.system import System
 from pipeline_core.clients import create_producer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
-
-
-def record(output_dir: Path, name: str, **figures: object) -> None:
-    """Add this test's figures to test-output/reliability.json."""
-    path = output_dir / "reliability.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[name] = figures
-    path.write_text(json.dumps(data, indent=2))
 
 
 def upload_many(system: System, photo: bytes, requests: int, per_request: int = 4) -> list[dict[str, str]]:

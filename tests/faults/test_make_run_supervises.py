@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from support import lost_and_duplicated, predictions_on_topic, upload, wait_by_polling
+from support import lost_and_duplicated, predictions_on_topic, record, upload, wait_by_polling
 
 from kafka_local import free_port
 from launcher.system import isolated_env
@@ -75,7 +75,7 @@ def launched(
 
 
 def test_kill_9_of_a_consumer_under_make_run_is_restarted_and_every_image_is_predicted_once(
-    launched: tuple[subprocess.Popen[bytes], dict[str, str]], photos: dict[str, bytes]
+    launched: tuple[subprocess.Popen[bytes], dict[str, str]], photos: dict[str, bytes], output_dir: Path
 ) -> None:
     launcher, env = launched
     api, sink = f"http://127.0.0.1:{env['API_PORT']}", f"http://127.0.0.1:{env['SINK_PORT']}"
@@ -90,9 +90,11 @@ def test_kill_9_of_a_consumer_under_make_run_is_restarted_and_every_image_is_pre
     ids = {job["id"] for job in jobs}
     victim = consumers_of(launcher)[0]
     victim.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
     victim.wait(10)
 
     wait_for(lambda: len(consumers_of(launcher)) == 2, "the killed consumer restarted", timeout_s=60)
+    restarted_s = time.monotonic() - killed_at
     assert launcher.poll() is None, "make run keeps running"
     settings = PipelineSettings.model_validate(
         {k.lower(): v for k, v in env.items() if k.lower() in PipelineSettings.model_fields}
@@ -102,3 +104,12 @@ def test_kill_9_of_a_consumer_under_make_run_is_restarted_and_every_image_is_pre
     with httpx.Client(base_url=api, timeout=30) as client:
         after = upload(client, {"after.jpg": photos["coffee"]})
         assert wait_by_polling(client, after[0]["result_url"])["label"] == "espresso", "still serving"
+    record(
+        output_dir,
+        "make run: kill -9 one of two consumers (exactly-once)",
+        images=len(ids),
+        faults=1,
+        seconds_to_restart=round(restarted_s, 1),
+        lost=lost,
+        duplicated=duplicated,
+    )
