@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+TYPED := pipeline_core kafka_local producer_api results_sink inference_consumer classify_cli launcher
 
-.PHONY: help run test test-fast bench bench-guarantees lint typecheck jars clean
+.PHONY: help run test test-fast check bench bench-guarantees lint typecheck jars clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,10 +27,16 @@ run: $(STAMP)  ## run the whole system: local broker, API :8000, consumers, sink
 	@$(MAKE) --no-print-directory jars
 	$(PY) -m launcher
 
-test: $(STAMP)  ## run the whole test suite against a real broker, model, photos, PostgreSQL and Chromium
+test: $(STAMP)  ## lint, format and type checks, then the whole test suite (real broker, model, photos, PostgreSQL, Chromium)
 	@scripts/ensure-system-packages.sh test
+	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory jars
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: $(STAMP)  ## ruff check, ruff format --check and mypy --strict: what make test runs first
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy $(TYPED)
 
 test-fast: $(STAMP)  ## unit tests only (no broker, no model; the runtime and handlers on fake clients)
 	$(PY) -m pytest -m "not slow and not broker" tests/pipeline_core tests/launcher tests/unit $(PYTEST_ARGS)
@@ -44,7 +51,7 @@ lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .
 
 typecheck: $(STAMP)  ## mypy --strict
-	$(PY) -m mypy pipeline_core kafka_local producer_api results_sink inference_consumer classify_cli launcher
+	$(PY) -m mypy $(TYPED)
 
 clean:  ## remove the virtual environment and caches (the Kafka jars stay in ~/.cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

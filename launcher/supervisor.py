@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from launcher.system import System
@@ -16,10 +16,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """At most `max_restarts` restarts of one service within `window_s`; pauses growing from 1 s to 30 s."""
+    """A service that exits `max_restarts` + 1 times in a row, each time within `healthy_s` of its start, is in a
+    crash loop and is given up on; a run that lasted `healthy_s` resets the count. Pauses grow from 1 s to 30 s."""
 
     max_restarts: int = 5
-    window_s: float = 120.0
+    healthy_s: float = 60.0
     backoff: Backoff = field(default_factory=lambda: Backoff(first_s=1.0, max_s=30.0))
 
 
@@ -31,7 +32,9 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.restarts: defaultdict[str, int] = defaultdict(int)
         self.given_up: set[str] = set()
-        self._exits: defaultdict[str, deque[float]] = defaultdict(deque)
+        now = time.monotonic()
+        self._started_at: defaultdict[str, float] = defaultdict(lambda: now)
+        self._short_runs: defaultdict[str, int] = defaultdict(int)  # exits in a row soon after a start
         self._restart_at: dict[str, float] = {}
 
     def check(self) -> None:
@@ -46,25 +49,30 @@ class Supervisor:
                     self.restarts[name] += 1
                     logger.info("restarting %s (restart %d)", name, self.restarts[name])
                     self.system.start_service(name)
+                    self._started_at[name] = time.monotonic()
                 continue
             self._on_exit(name, service.process.returncode if service.process else None, now)
 
     def _on_exit(self, name: str, code: int | None, now: float) -> None:
-        exits = self._exits[name]
-        exits.append(now)
-        while exits and now - exits[0] > self.policy.window_s:
-            exits.popleft()
-        if len(exits) > self.policy.max_restarts:
+        uptime = now - self._started_at[name]
+        if uptime >= self.policy.healthy_s:
+            self._short_runs[name] = 0
+        self._short_runs[name] += 1
+        runs = self._short_runs[name]
+        if runs > self.policy.max_restarts:
             self.given_up.add(name)
             logger.error(
-                "%s exited with %s, its %d. exit within %.0f s: crash loop; not restarting it (see its log above); "
-                "the other services keep running",
+                "%s exited with %s after %.0f s, its %d. exit in a row within %.0f s of starting: a crash loop; not "
+                "restarting it (see its log above); the other services keep running",
                 name,
                 code,
-                len(exits),
-                self.policy.window_s,
+                uptime,
+                runs,
+                self.policy.healthy_s,
             )
             return
-        pause = self.policy.backoff.delay(len(exits))
+        pause = self.policy.backoff.delay(runs)
         self._restart_at[name] = now + pause
-        logger.warning("%s exited unexpectedly with %s; restarting it in %.1f s", name, code, pause)
+        logger.warning(
+            "%s exited unexpectedly with %s after %.0f s; restarting it in %.1f s", name, code, uptime, pause
+        )

@@ -11,6 +11,7 @@ from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import (
     AuthorizationError,
     CommitFailedError,
+    InvalidProducerEpochError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -34,6 +35,11 @@ from pipeline_core.kafka_client import OutRecord, RebalanceListener, TopicPartit
 
 logger = logging.getLogger(__name__)
 
+# Errors that say a newer producer of this transactional id exists: a fenced producer's in-flight sends fail
+# with InvalidProducerEpochError rather than ProducerFencedError.
+FENCED = (ProducerFencedError, InvalidProducerEpochError)
+COMMITTED_TIMEOUT_MS = 5_000  # reading committed offsets waits for pending transactional ones; bounded
+
 
 def translate(error: KafkaError, doing: str) -> PipelineError:
     """One kafka-python error as the project's: refused access is a configuration error, the rest a broker
@@ -49,6 +55,19 @@ def _fenced(error: BaseException | None, transactional_id: object) -> FencedErro
         f"producer fenced: another process took over transactional id {transactional_id} "
         f"({error}); CONSUMER_INSTANCE_ID must be unique to each running consumer"
     )
+
+
+def _cannot_parse(error: BaseException) -> bool:
+    """Whether a poll failed on the bytes of a record (it will at every poll) rather than on the cluster."""
+    if isinstance(error, (UnicodeDecodeError, ValueError)):  # e.g. a header key that is not UTF-8
+        return True
+    return isinstance(error, KafkaError) and not (
+        error.retriable or isinstance(error, (AuthorizationError, SaslAuthenticationFailedError))
+    )
+
+
+def _record(r: Any) -> RawRecord:
+    return Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()))
 
 
 def _ours(tps: Iterable[Any]) -> set[TopicPartition]:
@@ -82,12 +101,31 @@ class KafkaPythonConsumer:
         try:
             polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as e:
+            if _cannot_parse(e):  # a record's bytes, not the cluster: never a reason to stop the consumer
+                self._drop_pending_parse_error(e)
+                raise BrokerUnavailableError(f"poll: {type(e).__name__}: {e}", retriable=True) from e
             raise translate(e, "poll") from e
-        return [
-            Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()))
-            for batch in polled.values()
-            for r in batch
-        ]
+        self._drop_pending_parse_error(None)
+        return [_record(r) for batch in polled.values() for r in batch]
+
+    def _drop_pending_parse_error(self, raised: KafkaError | None) -> None:
+        """kafka-python 3.0.12 returns the records before one it cannot parse (a header key that is not UTF-8, which
+        the broker takes and Go or C clients can write) and keeps the error for the next poll, but drops it there
+        unseen and stops fetching: the consumer would sit idle on every partition for good. Discarding its
+        buffer of that partition and seeking it again keeps the other partitions flowing (measured); that one
+        partition still stalls at the record, which kafka-python cannot step over (docs/reliability.md)."""
+        fetcher = self._consumer._fetcher  # private: see the docstring
+        pending = fetcher._next_in_line_exception_metadata
+        if raised is None and (pending is None or not _cannot_parse(pending.exception)):
+            return
+        fetcher._next_in_line_exception_metadata = None
+        buffered = fetcher._next_partition_records
+        if buffered is not None:
+            buffered.drain()
+            fetcher._next_partition_records = None
+            tp = buffered.topic_partition
+            position = self._consumer.position(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
+            self._consumer.seek(tp, position)  # fetch again from where the consumer stands
 
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
         kafka_offsets = {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
@@ -100,7 +138,10 @@ class KafkaPythonConsumer:
 
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         try:
-            return {tp: self._consumer.committed(KafkaTopicPartition(*tp)) for tp in partitions}
+            return {
+                tp: self._consumer.committed(KafkaTopicPartition(*tp), timeout_ms=COMMITTED_TIMEOUT_MS)
+                for tp in partitions
+            }
         except KafkaError as e:
             raise translate(e, "reading committed offsets") from e
 
@@ -144,6 +185,7 @@ class KafkaPythonProducer:
 
     def __init__(self, producer: KafkaProducer) -> None:
         self._producer = producer
+        self._transactional_id = producer.config.get("transactional_id")
         self._futures: list[tuple[OutRecord, Any]] = []
 
     @property
@@ -170,8 +212,12 @@ class KafkaPythonProducer:
         except KafkaError as e:
             raise PublishError(f"flush failed: {type(e).__name__}: {e}") from e
         failed = [(r, f) for r, f in futures if not f.succeeded()]
-        if any(isinstance(f.exception, ProducerFencedError) for _, f in failed):
-            raise _fenced(failed[0][1].exception, self._producer.config.get("transactional_id"))
+        causes = [f.exception for _, f in failed]
+        if self.transactional and any(isinstance(c, FENCED) for c in causes):
+            raise _fenced(next(c for c in causes if isinstance(c, FENCED)), self._transactional_id)
+        denied = next((c for c in causes if isinstance(c, AuthorizationError)), None)
+        if denied is not None:
+            raise translate(denied, "producing")
         # A record the broker refuses for its size will be refused every time; anything else may pass later.
         refused = [r for r, f in failed if isinstance(f.exception, MessageSizeTooLargeError)]
         if refused:
@@ -187,8 +233,8 @@ class KafkaPythonProducer:
     def begin_transaction(self) -> None:
         try:
             self._producer.begin_transaction()
-        except ProducerFencedError as e:
-            raise _fenced(e, self._producer.config.get("transactional_id")) from e
+        except FENCED as e:
+            raise _fenced(e, self._transactional_id) from e
         except KafkaError as e:
             raise TransactionError(f"begin transaction: {type(e).__name__}: {e}") from e
 
@@ -196,16 +242,24 @@ class KafkaPythonProducer:
         self, offsets: Mapping[TopicPartition, int], group_metadata: object, timeout_s: float
     ) -> None:
         manager = self._producer._transaction_manager  # private: see the class docstring
+        generation = getattr(group_metadata, "generation_id", 0)
+        if (generation is not None and generation < 0) or getattr(group_metadata, "member_id", "x") == "":
+            # Not a member of the group (any more): the broker would not fence such a commit, so refuse it here.
+            raise TransactionError(f"not committing: this consumer is not a group member ({group_metadata})")
         kafka_offsets = {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
         try:
             if kafka_offsets:
                 self._wait(manager.send_offsets_to_transaction(kafka_offsets, group_metadata), timeout_s)
             self._wait(manager.begin_commit(), timeout_s)
-        except ProducerFencedError as e:
-            raise _fenced(e, self._producer.config.get("transactional_id")) from e
+        except FENCED as e:
+            raise _fenced(e, self._transactional_id) from e
         except KafkaError as e:
             if isinstance(e, AuthorizationError):
                 raise translate(e, "transaction commit") from e
+            if isinstance(
+                manager.last_error, FENCED
+            ):  # the producer is in a fatal state because it was fenced
+                raise _fenced(manager.last_error, self._transactional_id) from e
             raise TransactionError(f"transaction not committed: {type(e).__name__}: {e}") from e
 
     def abort_transaction(self, timeout_s: float) -> None:

@@ -39,12 +39,13 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-from pipeline_core.errors import PipelineError, RecordRefusedError
+from pipeline_core.errors import FencedError, PipelineError, RecordRefusedError
 from pipeline_core.events import RawRecord, Record, bounded
 from pipeline_core.kafka_client import (
     ConsumerClient,
@@ -67,7 +68,7 @@ DEAD_LETTER_SOURCE_HEADER = "dead-letter-source"
 REASON_LIMIT = 300  # characters of an error message that may travel in an output
 # Kafka's record-batch framing on top of a record's key, value and headers.
 RECORD_FRAMING_BYTES = 1024
-CHECKPOINT_TIMEOUT_S = 30.0
+FENCED_LIMIT, FENCED_WINDOW_S = 3, 60.0
 
 Decoder = Callable[[RawRecord], Any]
 
@@ -136,6 +137,9 @@ class RuntimeConfig:
     connect_timeout_s: float = 60.0
     shutdown_grace_s: float = 15.0
     poison_max_attempts: int = 3
+    # Each wait of a checkpoint (flush, commit); with transactions, well inside the transaction timeout, so that
+    # the coordinator does not abort a transaction this consumer is still waiting on.
+    checkpoint_timeout_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -180,6 +184,8 @@ class ConsumerRuntime:
         self._rewind_pending: set[TopicPartition] = set()
         self._raw: dict[tuple[str, int, int], RawRecord] = {}  # the batch in hand as polled, by coordinates
         self._bare_dead_letters: set[tuple[str, int, int]] = set()  # records whose full copy was refused
+        self._fenced: deque[float] = deque()  # when this consumer's producer was last fenced
+        self._generation: object = None  # the group membership the batch in hand was polled under
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -261,8 +267,10 @@ class ConsumerRuntime:
     # -- rebalance listener (called on the client's thread) --------------------------------------------------
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        """Record the new assignment."""
-        self._assignment = frozenset(partitions)
+        """Record the new assignment (the client's whole assignment: a cooperative assignor reports only what
+        it added)."""
+        whole = self._consumer.assignment() if self._consumer is not None else set()
+        self._assignment = frozenset(whole | partitions)
         logger.info("%s: partitions assigned: %s", self.config.role, partition_names(partitions) or "none")
         if self._on_assignment is not None:
             self._on_assignment(set(partitions), set())
@@ -270,7 +278,7 @@ class ConsumerRuntime:
     def on_revoked(self, partitions: set[TopicPartition]) -> None:
         """Drop what belonged to revoked partitions: each batch is checkpointed before the next poll, so
         nothing is in hand; finished but uncommitted at-least-once offsets are re-delivered to the next owner."""
-        self._assignment = frozenset()
+        self._assignment = self._assignment - partitions
         if self._committer is not None:
             self._committer.forget(partitions)
         self._rewind_pending -= partitions
@@ -285,13 +293,19 @@ class ConsumerRuntime:
         consumer = self._consumer
         assert consumer is not None and self._committer is not None
         try:
+            if self._producer is None:  # replaced after a failed transaction: settle that one first
+                self._producer = self._producer_factory(self.config.transactional_id)
             if self._rewind_pending:
                 self._rewind_to_committed(consumer)
             records = consumer.poll(self.config.poll_timeout_s, self.config.max_records)
+            # The membership these records are processed under, taken now: a member that stalls past its poll
+            # interval is reset to no generation meanwhile, and a transaction committed under that would not be
+            # fenced by the coordinator.
+            self._generation = consumer.group_metadata()
         except PipelineError as e:
             if not e.retriable:
                 raise
-            self._pause(e, "polling")
+            self._pause(e, "polling" if self._producer is not None else "replacing the producer")
             return
         self.last_poll = time.monotonic()
         if not records:
@@ -353,12 +367,37 @@ class ConsumerRuntime:
                     len(batch),
                     describe(e),
                 )
-                return [output for record in batch for output in self._handle_alone(record)]
+                return self._handle_each(batch)
             return self._handle_alone(batch[0], first_error=e)
 
-    def _handle_alone(self, record: Record[Any], first_error: Exception | None = None) -> list[OutRecord]:
-        """One record, tried up to POISON_MAX_ATTEMPTS times; poisoned if it never succeeds."""
-        attempts, error = (1, first_error) if first_error is not None else (0, None)
+    def _handle_each(self, batch: list[Record[Any]]) -> list[OutRecord]:
+        """The records of a failed batch one by one, each up to POISON_MAX_ATTEMPTS times. Errors that say a
+        dependency is away are retriable and retry the whole batch; a handler's other errors are its records'
+        own (so the stores class a read-only or lost database as retriable, and only refused data as not)."""
+        outputs: list[OutRecord] = []
+        failed: list[tuple[Record[Any], Exception]] = []
+        for record in batch:
+            try:
+                outputs += self._resolve(self._handler.handle([record]))
+            except _RetryBatch:
+                raise
+            except Exception as e:
+                if is_retriable(e):
+                    raise _RetryBatch(e, rewind_to_committed=False) from e
+                failed.append((record, e))
+        for (
+            record,
+            first,
+        ) in failed:  # tried twice now (in the batch, alone): the remaining attempts, then poison
+            outputs += self._handle_alone(record, first_error=first, attempts=2)
+        return outputs
+
+    def _handle_alone(
+        self, record: Record[Any], first_error: Exception, attempts: int = 1
+    ) -> list[OutRecord]:
+        """One record that failed `attempts` times, tried up to POISON_MAX_ATTEMPTS in all; poisoned if it never
+        succeeds."""
+        error: Exception = first_error
         while attempts < self.config.poison_max_attempts:
             attempts += 1
             try:
@@ -369,7 +408,6 @@ class ConsumerRuntime:
                 if is_retriable(e):
                     raise _RetryBatch(e, rewind_to_committed=False) from e
                 error = e
-        assert error is not None
         return self._poison(self._raw_of(record), f"failed {attempts} times: {describe(error)}")
 
     def _resolve(self, results: Sequence[OutRecord | Failed]) -> list[OutRecord]:
@@ -450,7 +488,7 @@ class ConsumerRuntime:
             for output in outputs:  # Step 1: send
                 producer.send(output)
             if outputs:  # Step 2: every output acknowledged by the in-sync replicas
-                producer.flush(CHECKPOINT_TIMEOUT_S)
+                producer.flush(self.config.checkpoint_timeout_s)
         except PipelineError as e:
             if not (e.retriable or isinstance(e, RecordRefusedError)):
                 raise  # refused access: nothing to retry; the process exits and says why
@@ -466,17 +504,29 @@ class ConsumerRuntime:
             producer.begin_transaction()  # Step 1: outputs inside a transaction
             for output in outputs:
                 producer.send(output)
-            producer.flush(CHECKPOINT_TIMEOUT_S)  # Step 2: acknowledged, not yet visible
+            producer.flush(self.config.checkpoint_timeout_s)  # Step 2: acknowledged, not yet visible
             # Step 3: offsets and outputs committed together, fenced by the member's group generation.
             producer.commit_transaction(
-                next_offsets(records), consumer.group_metadata(), CHECKPOINT_TIMEOUT_S
+                next_offsets(records), self._generation, self.config.checkpoint_timeout_s
             )
         except PipelineError as e:
-            if not (e.retriable or isinstance(e, RecordRefusedError)):
-                raise  # fenced by a newer instance (this one is a zombie), or refused access: stop
+            if isinstance(e, FencedError) and not self._fenced_again():
+                pass  # once: the coordinator aborted a transaction that timed out (e.g. the broker was away)
+            elif not (e.retriable or isinstance(e, RecordRefusedError)):
+                raise  # fenced again and again (two processes share an instance id), or refused access: stop
             self._note_refused(e)
             self.stats.aborted_transactions += 1
             raise _RetryBatch(e, rewind_to_committed=True) from e
+
+    def _fenced_again(self) -> bool:
+        """Whether this producer was fenced FENCED_LIMIT times within FENCED_WINDOW_S: a transaction the
+        coordinator timed out fences its producer once, a second process with the same transactional id fences
+        every replacement, and the two would take turns forever."""
+        now = time.monotonic()
+        self._fenced.append(now)
+        while self._fenced and now - self._fenced[0] > FENCED_WINDOW_S:
+            self._fenced.popleft()
+        return len(self._fenced) >= FENCED_LIMIT
 
     def _note_refused(self, error: PipelineError) -> None:
         """Sends the broker will never take: the next attempt poisons the records that made those outputs."""
@@ -507,18 +557,12 @@ class ConsumerRuntime:
         self._pause(retry.cause, f"checkpointing a batch of {len(records)}")
 
     def _replace_producer(self) -> None:
-        """A producer whose transaction failed may be in any state: close it; a new one with the same
-        transactional id settles the old transaction (commit or abort) in `init_transactions`."""
+        """A producer whose transaction failed may be in any state: close it. The next turn makes a new one
+        with the same transactional id, whose `init_transactions` settles the old transaction (commit or abort),
+        before it polls again."""
         if self._producer is not None:
             _quietly(lambda: self._producer.close(0), "closing the failed producer")  # type: ignore[union-attr]
             self._producer = None
-        c = self.config
-        self._producer = retry_call(
-            lambda: self._producer_factory(c.transactional_id),
-            f"{c.role}: replacing the producer",
-            timeout_s=c.connect_timeout_s,
-            stopping=self._stopping,
-        )
 
     def _rewind_to_committed(self, consumer: ConsumerClient) -> None:
         partitions = self._rewind_pending & set(self._assignment)
@@ -574,6 +618,7 @@ def runtime_config(
         exactly_once=exactly_once,
         transactional_id=transactional_id(settings, group_id) if exactly_once else None,
         commit_interval_s=settings.commit_interval_ms / 1000,
+        checkpoint_timeout_s=min(30.0, settings.transaction_timeout_ms / 3000) if exactly_once else 30.0,
         connect_timeout_s=settings.kafka_connect_timeout_s,
         poison_max_attempts=settings.poison_max_attempts,
         **overrides,

@@ -4,7 +4,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 RESULTS_WRITTEN = Counter("results_written", "Results stored for the first time, by status", ["status"])
 DUPLICATE_RESULTS = Counter("duplicate_results", "Predictions of a job stored already (re-deliveries)")
-UNDECODABLE_RECORDS = Counter("undecodable_records", "Records dead-lettered: no readable event in them", ["kind"])
+UNDECODABLE_RECORDS = Counter(
+    "undecodable_records", "Records dead-lettered: no readable event in them", ["kind"]
+)
 FEEDBACK_WRITTEN = Counter("feedback_written", "Feedback reports stored")
 SSE_CLIENTS = Gauge("sse_clients", "Live SSE streams")
 STORE_WRITE_SECONDS = Histogram(

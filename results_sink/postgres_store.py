@@ -96,8 +96,9 @@ class PostgresResultStore:
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.Error as e:
-            # A lost connection may recover; data the server refuses (a NUL byte in text) is refused every time.
-            retriable = isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError))
+            # Data the server refuses (a NUL byte in text, a constraint) is refused every time: that record's
+            # alone. Anything else (a lost connection, a standby that is read-only after a failover) may pass later.
+            retriable = not isinstance(e, (psycopg.DataError, psycopg.IntegrityError))
             raise StoreError(f"results store {action} failed: {e}", retriable=retriable) from e
 
     def write_batch(self, events: Sequence[PredictionEvent]) -> list[StoredResult]:

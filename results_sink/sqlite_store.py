@@ -84,8 +84,9 @@ class SqliteResultStore:
             except sqlite3.Error as e:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                # A locked or unwritable database may recover; data it refuses will be refused every time.
-                retriable = isinstance(e, sqlite3.OperationalError)
+                # Data it refuses will be refused every time (that record's alone); a locked, full or unwritable
+                # database may recover.
+                retriable = not isinstance(e, (sqlite3.DataError, sqlite3.IntegrityError))
                 raise StoreError(f"results store write failed: {e}", retriable=retriable) from e
 
     @contextmanager

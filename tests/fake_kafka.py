@@ -97,6 +97,7 @@ class FakeProducer:
         self.in_transaction = False
         self.fail_flushes = 0  # this many flushes raise a retriable PublishError first
         self.fail_commits = 0  # this many transaction commits raise TransactionError first
+        self.lose_commit_answers = 0  # this many commits take effect, then raise as if the answer was lost
         self.closed = False
 
     @property
@@ -138,6 +139,9 @@ class FakeProducer:
         self._land(self.queued)
         self.queued = []
         self.broker.committed[str(group_metadata)].update(offsets)
+        if self.lose_commit_answers:
+            self.lose_commit_answers -= 1
+            raise TransactionError("no answer from the coordinator (the commit went through)")
 
     def abort_transaction(self, timeout_s: float) -> None:
         self.in_transaction = False

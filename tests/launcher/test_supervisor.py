@@ -33,7 +33,7 @@ def test_a_service_that_keeps_dying_is_restarted_then_given_up_while_others_run(
     system = StandInSystem(
         {"inference-1": DeadService("inference-1"), "api": DeadService("api", running=True)}
     )
-    policy = RestartPolicy(max_restarts=3, window_s=60, backoff=Backoff(first_s=0.01, max_s=0.02))
+    policy = RestartPolicy(max_restarts=3, healthy_s=60, backoff=Backoff(first_s=0.01, max_s=0.02))
     supervisor = Supervisor(system, policy)  # type: ignore[arg-type]
     deadline = time.monotonic() + 5
     while "inference-1" not in supervisor.given_up and time.monotonic() < deadline:
@@ -53,3 +53,15 @@ def test_a_restart_waits_for_its_backoff() -> None:
     time.sleep(0.4)
     supervisor.check()
     assert system.started == ["sink"]
+
+
+def test_a_run_that_lasted_resets_the_count_so_a_rare_crash_is_always_restarted() -> None:
+    system = StandInSystem({"api": DeadService("api")})
+    policy = RestartPolicy(max_restarts=1, healthy_s=0.05, backoff=Backoff(first_s=0.001, max_s=0.001))
+    supervisor = Supervisor(system, policy)  # type: ignore[arg-type]
+    for _ in range(4):  # each run lasts longer than healthy_s before it dies
+        time.sleep(0.06)
+        supervisor.check()  # notices the exit
+        time.sleep(0.01)
+        supervisor.check()  # restarts it
+    assert system.started == ["api"] * 4 and not supervisor.given_up

@@ -13,7 +13,7 @@ import pytest
 from support import predictions_on_topic
 
 from pipeline_core.clients import create_consumer_client, create_producer, create_producer_client
-from pipeline_core.errors import PipelineError
+from pipeline_core.errors import FencedError, PipelineError, TransactionError
 from pipeline_core.kafka_client import OutRecord, TopicPartition, next_offsets
 from pipeline_core.settings import PipelineSettings
 
@@ -82,8 +82,22 @@ def test_a_zombie_member_cannot_commit_its_transaction(pipeline_settings: Pipeli
     zombie_producer.begin_transaction()
     zombie_producer.send(output(s, "from-the-zombie"))
     zombie_producer.flush(10)
-    with pytest.raises(PipelineError):
+    with pytest.raises(PipelineError):  # the group coordinator refuses the generation it polled under
         zombie_producer.commit_transaction(next_offsets(records), metadata, 10)
+    # Evicted, kafka-python resets the member to no generation; the broker would not fence a commit made under
+    # that, so the client refuses it (the runtime passes the membership it polled under, never this one).
+    deadline = time.monotonic() + 30
+    while getattr(zombie.group_metadata(), "generation_id", 0) >= 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    evicted = zombie.group_metadata()
+    assert getattr(evicted, "generation_id", 0) < 0, evicted
+    retry = create_producer_client(s, "tests", "tests-zombie-" + group)
+    retry.begin_transaction()
+    retry.send(output(s, "from-the-zombie"))
+    retry.flush(10)
+    with pytest.raises(TransactionError, match="not a group member"):
+        retry.commit_transaction(next_offsets(records), evicted, 10)
+    retry.close(1)
     assert "from-the-zombie" not in predictions_on_topic(s, set(), timeout_s=5, settle_s=1)
     for client in (zombie_producer,):
         client.close(1)
@@ -103,7 +117,7 @@ def test_a_producer_replaced_by_a_newer_one_of_its_transactional_id_is_fenced(
     old.begin_transaction()
     old.send(output(s, "from-the-old-producer"))
     new = create_producer_client(s, "tests", "tests-fenced-" + s.consumer_group_inference)  # fences `old`
-    with pytest.raises(PipelineError):
+    with pytest.raises(FencedError, match="CONSUMER_INSTANCE_ID"):
         flush_and_commit(old, records, consumer.group_metadata())
     new.begin_transaction()
     new.send(output(s, "from-the-new-producer"))
