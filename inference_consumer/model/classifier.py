@@ -95,7 +95,9 @@ class ImageClassifier:
                 results[slot] = e
             except Exception as e:  # a decoder bug on odd bytes fails that image alone, never its batch
                 logger.warning("preprocessing raised %s on image %d of the batch", type(e).__name__, slot)
-                results[slot] = ImageDecodeError(f"preprocessing failed: {bounded(f'{type(e).__name__}: {e}')}")
+                results[slot] = ImageDecodeError(
+                    f"preprocessing failed: {bounded(f'{type(e).__name__}: {e}')}"
+                )
         preprocessed = time.perf_counter()
         if arrays:
             for slot, classification in zip(
