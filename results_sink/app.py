@@ -69,7 +69,15 @@ def create_app(settings: SinkSettings, on_fatal: Callable[[], None] | None = Non
             logger.info("results sink stopped")
 
     # docs_url=None: install_common serves /docs from the bundled Swagger UI files, not from a CDN.
-    app = FastAPI(title="Results sink", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # redirect_slashes=False: a forged id ending in `/` gets a 404, not a redirect to another id's route.
+    app = FastAPI(
+        title="Results sink",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
     app.state.settings = settings
     install_common(app, settings)
     app.include_router(health)

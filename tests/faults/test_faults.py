@@ -69,7 +69,10 @@ def test_kill_9_one_of_two_consumers_in_flight(
     # At-least-once commits every 2 s here, so that the victim surely dies with finished, uncommitted work:
     # the duplicates it then leaves on the topic show that the count sees them, and so that exactly-once's 0 means
     # something. (Exactly-once commits with each batch whatever COMMIT_INTERVAL_MS says.)
-    system = system_factory(consumers=2, PROCESSING_GUARANTEE=guarantee, COMMIT_INTERVAL_MS="2000")
+    # Admission counts uncommitted images as waiting, so its limit is raised for the 300 uploaded at once.
+    system = system_factory(
+        consumers=2, PROCESSING_GUARANTEE=guarantee, COMMIT_INTERVAL_MS="2000", MAX_BACKLOG_IMAGES="2000"
+    )
     jobs = upload_many(system, photos["coffee"], requests=75)  # 300 images
     ids = {job["id"] for job in jobs}
     while len(stored_results(system)) < 100:  # the victim is mid-stream, with finished work behind it
