@@ -11,7 +11,7 @@ import time
 from kafka_local.provision import provide_broker
 from launcher.settings import LauncherSettings
 from launcher.supervisor import Supervisor
-from launcher.system import System
+from launcher.system import ServiceDiedError, System
 from pipeline_core.errors import PipelineError
 from pipeline_core.startup import load_settings
 
@@ -56,10 +56,18 @@ def main() -> int:
 
 
 def _supervise(system: System, stop: threading.Event, started: float) -> int:
-    system.start()
+    try:
+        system.start()
+        state = "ready"
+    except ServiceDiedError as e:
+        # A service that dies (or hangs) while the system starts is the supervisor's to restart, as at any
+        # other time; the rest serves meanwhile.
+        logger.warning("%s while starting; the supervisor takes over", e)
+        state = "not everything is ready yet (see above), serving"
     logger.info(
-        "ready in %.1f s: open http://localhost:%d/ to classify photos (API docs at /docs; results on :%d). "
+        "%s in %.1f s: open http://localhost:%d/ to classify photos (API docs at /docs; results on :%d). "
         "Ctrl-C stops everything.",
+        state,
         time.monotonic() - started,
         system.api_port,
         system.sink_port,

@@ -25,8 +25,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def consumers_of(launcher: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    children = psutil.Process(launcher.pid).children()
-    return [p for p in children if "inference_consumer" in " ".join(p.cmdline())]
+    """The launcher's running inference consumers (a killed one, a zombie until reaped, is not one)."""
+    consumers = []
+    for child in psutil.Process(launcher.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "inference_consumer" in " ".join(child.cmdline()):
+                consumers.append(child)
+        except psutil.Error:  # it exited meanwhile
+            continue
+    return consumers
 
 
 def wait_for(condition, what: str, timeout_s: float = 120) -> None:  # type: ignore[no-untyped-def]
