@@ -124,8 +124,13 @@ class KafkaPythonConsumer:
             buffered.drain()
             fetcher._next_partition_records = None
             tp = buffered.topic_partition
-            position = self._consumer.position(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
-            self._consumer.seek(tp, position)  # fetch again from where the consumer stands
+            try:
+                position = self._consumer.position(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
+                self._consumer.seek(tp, position)  # fetch again from where the consumer stands
+            except (
+                KafkaError
+            ) as e:  # no longer assigned, or no answer: the next assignment or poll fetches anew
+                logger.debug("%s not re-fetched: %s", tp, e)
 
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
         kafka_offsets = {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
