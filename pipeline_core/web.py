@@ -81,6 +81,8 @@ def api_key_guard(settings: WebSettings, *, query_allowed: bool = False) -> Call
 
 def install_common(app: FastAPI, settings: WebSettings) -> None:
     """CORS, security headers, JSON errors, an access log without keys, and (as set) docs and metrics."""
+    # No slash redirects: a path with a forged id ending in `/` gets a 404, not a 307 to another route.
+    app.router.redirect_slashes = False
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -69,15 +69,7 @@ def create_app(settings: SinkSettings, on_fatal: Callable[[], None] | None = Non
             logger.info("results sink stopped")
 
     # docs_url=None: install_common serves /docs from the bundled Swagger UI files, not from a CDN.
-    # redirect_slashes=False: a forged id ending in `/` gets a 404, not a redirect to another id's route.
-    app = FastAPI(
-        title="Results sink",
-        version="1",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        redirect_slashes=False,
-    )
+    app = FastAPI(title="Results sink", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     install_common(app, settings)
     app.include_router(health)
