@@ -59,6 +59,17 @@ class PipelineSettings(BaseSettings):
     topic_replication_factor: int = Field(
         1, ge=1, le=10, description="Replicas of a topic the services create."
     )
+    topic_images_retention_ms: int = Field(
+        24 * 3600 * 1000,
+        ge=60_000,
+        description="How long the images topic keeps an upload (its bytes are the user's photo; they serve only "
+        "re-delivery after a crash). Applies to topics the services create.",
+    )
+    topic_dead_letter_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000,
+        ge=60_000,
+        description="How long the dead-letter topic keeps what no consumer could process (time to look and replay).",
+    )
     consumer_group_inference: str = Field(
         "inference", description="Consumer group of the inference consumers."
     )

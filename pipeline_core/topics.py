@@ -37,9 +37,11 @@ def pipeline_topics(settings: PipelineSettings) -> list[TopicSpec]:
     large = {"max.message.bytes": str(settings.max_record_bytes)}
     rf = settings.topic_replication_factor
     parts = settings.topic_partitions
+    images = large | {"retention.ms": str(settings.topic_images_retention_ms)}
+    dead_letters = large | {"retention.ms": str(settings.topic_dead_letter_retention_ms)}
     return [
-        TopicSpec(settings.topic_images, parts, rf, large),
-        TopicSpec(settings.topic_dead_letter, 1, rf, large),
+        TopicSpec(settings.topic_images, parts, rf, images),
+        TopicSpec(settings.topic_dead_letter, 1, rf, dead_letters),
         TopicSpec(settings.topic_predictions, parts, rf, {}),
         TopicSpec(settings.topic_feedback, 1, rf, {}),
     ]

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from pipeline_core.web import install_common
 from results_sink.consumer import OnStored, SinkConsumer
 from results_sink.hub import ResultHub
+from results_sink.retention import purge_periodically
 from results_sink.routes import create_router, health
 from results_sink.settings import SinkSettings
 from results_sink.store import SharedResultStore, StoredResult, open_store
@@ -57,9 +58,11 @@ def create_app(settings: SinkSettings, on_fatal: Callable[[], None] | None = Non
         )
         app.state.store, app.state.hub, app.state.consumer = store, hub, consumer
         consumer.start()
+        purge = asyncio.create_task(purge_periodically(store, settings), name="retention-purge")
         try:
             yield
         finally:
+            purge.cancel()
             # Reverse order: no new results, then no streams waiting for any, then the store.
             await to_thread.run_sync(consumer.stop)
             if feed is not None:

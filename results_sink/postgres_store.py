@@ -174,6 +174,18 @@ class PostgresResultStore:
                 cur.nextset()
         return added
 
+    def purge(self, results_before: float | None, feedback_before: float | None) -> tuple[int, int]:
+        """Delete what was stored before these times, in one transaction (any replica may run it)."""
+        counts = []
+        with self._connection("write") as conn:
+            for table, before in (("results", results_before), ("feedback", feedback_before)):
+                if before is None:
+                    counts.append(0)
+                    continue
+                cursor = conn.execute(f"DELETE FROM {table} WHERE stored_at < %s", (before,))  # noqa: S608 - our table names
+                counts.append(cursor.rowcount)
+        return counts[0], counts[1]
+
     def feedback(self, limit: int) -> list[StoredFeedback]:
         """The newest `limit` reports, newest first."""
         with self._connection("read") as conn:

@@ -48,6 +48,20 @@ class SinkSettings(WebSettings):
     max_ids_per_stream: int = Field(
         100, ge=1, le=10_000, description="Most job ids one `/v1/events` stream may watch."
     )
+    results_retention_s: float = Field(
+        30 * 86_400.0,
+        ge=0,
+        description="Results older than this are deleted from the store (0 keeps them for ever). A job whose "
+        "result was deleted answers 202 (pending) again, so keep this longer than clients wait.",
+    )
+    feedback_retention_s: float = Field(
+        90 * 86_400.0,
+        ge=0,
+        description="Feedback reports older than this are deleted (0 keeps them for ever).",
+    )
+    purge_interval_s: float = Field(
+        3600.0, gt=0, le=86_400, description="How often the sink deletes what is past its retention."
+    )
     shutdown_grace_s: float = Field(
         5.0, gt=0, le=120, description="On stop, how long streams and the batch in hand get to finish."
     )

@@ -165,6 +165,13 @@ class SqliteResultStore:
                 added += cursor.rowcount
         return added
 
+    def purge(self, results_before: float | None, feedback_before: float | None) -> tuple[int, int]:
+        """Delete what was stored before these times, in one transaction."""
+        with self._transaction() as conn:
+            results = _delete_before(conn, "results", results_before)
+            feedback = _delete_before(conn, "feedback", feedback_before)
+        return results, feedback
+
     def feedback(self, limit: int) -> list[StoredFeedback]:
         """The newest `limit` reports, newest first."""
         with self._reading() as conn:
@@ -190,3 +197,10 @@ class SqliteResultStore:
 def _result(row: tuple[int, str, str, float]) -> StoredResult:
     seq, job_id, raw, stored_at = row
     return StoredResult(seq, job_id, PredictionEvent.model_validate_json(raw), stored_at)
+
+
+def _delete_before(conn: sqlite3.Connection, table: str, before: float | None) -> int:
+    if before is None:
+        return 0
+    cursor = conn.execute(f"DELETE FROM {table} WHERE stored_at < ?", (before,))  # noqa: S608 - our table names
+    return cursor.rowcount

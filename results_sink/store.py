@@ -60,6 +60,10 @@ class ResultStore(Protocol):
         """The newest `limit` reports, newest first."""
         ...
 
+    def purge(self, results_before: float | None, feedback_before: float | None) -> tuple[int, int]:
+        """Delete results and reports stored before these Unix times (None: keep); how many of each went."""
+        ...
+
     def close(self) -> None:
         """Release every connection; idempotent."""
         ...

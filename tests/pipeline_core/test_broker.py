@@ -27,6 +27,27 @@ def test_topics_are_created_idempotently_with_the_configured_partitions(
         admin.close()
 
 
+def test_the_images_and_dead_letter_topics_keep_records_as_long_as_the_settings_say(
+    pipeline_settings: PipelineSettings,
+) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    s = pipeline_settings
+    admin = create_admin(s, "tests")
+    try:
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, t, {"retention.ms": None})
+            for t in (s.topic_images, s.topic_dead_letter, s.topic_predictions)
+        ]
+        described = admin.describe_configs(resources, config_filter="all")["topic"]
+    finally:
+        admin.close()
+    retention = {name: int(c["retention.ms"]["value"]) for name, c in described.items()}
+    assert retention[s.topic_images] == s.topic_images_retention_ms == 24 * 3600 * 1000
+    assert retention[s.topic_dead_letter] == s.topic_dead_letter_retention_ms
+    assert retention[s.topic_predictions] == 7 * 24 * 3600 * 1000, "the broker's default: results stay a week"
+
+
 def test_existing_topic_too_small_for_the_image_limit_is_refused(pipeline_settings: PipelineSettings) -> None:
     bigger = pipeline_settings.model_copy(update={"max_image_bytes": pipeline_settings.max_image_bytes * 2})
     admin = create_admin(bigger, "tests")

@@ -15,6 +15,7 @@ from sink_helpers import prediction
 from test_sink_store import (
     test_a_job_is_stored_once_however_often_it_is_written,  # noqa: F401
     test_feedback_is_stored_once_per_record,  # noqa: F401
+    test_purge_deletes_only_what_was_stored_before_the_cut,  # noqa: F401
     test_reads_from_many_threads_while_one_writes,  # noqa: F401
     test_results_after_filters_by_job_and_seq_and_orders_by_seq,  # noqa: F401
     test_results_after_handles_more_ids_than_one_statement_binds,  # noqa: F401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,28 @@ def store(tmp_path: Path) -> Iterator[SqliteResultStore]:
     opened = SqliteResultStore.open(str(tmp_path / "nested" / "dir" / "results.db"))
     yield opened
     opened.close()
+
+
+def test_purge_deletes_only_what_was_stored_before_the_cut(store: SqliteResultStore) -> None:
+    from results_sink.retention import purge_once
+    from results_sink.settings import SinkSettings
+
+    store.write_batch([prediction("old")])
+    store.add_feedback([Record("feedback", 0, 1, None, FeedbackEvent(report="old", received_at=1.0))])
+    time.sleep(0.05)
+    cut = time.time()
+    store.write_batch([prediction("new")])
+    store.add_feedback([Record("feedback", 0, 2, None, FeedbackEvent(report="new", received_at=2.0))])
+
+    assert store.purge(None, None) == (0, 0), "None keeps everything"
+    assert store.purge(cut, cut) == (1, 1)
+    assert store.get("old") is None and store.get("new") is not None
+    assert [f.report for f in store.feedback(10)] == ["new"]
+    settings = SinkSettings(_env_file=None, results_retention_s=0, feedback_retention_s=0)  # type: ignore[call-arg]
+    assert purge_once(store, settings, now=time.time() + 10**9) == (0, 0), "0 keeps them for ever"
+    settings = SinkSettings(_env_file=None, results_retention_s=60, feedback_retention_s=60)  # type: ignore[call-arg]
+    assert purge_once(store, settings, now=time.time() + 120) == (1, 1)
+    assert store.get("new") is None
 
 
 @pytest.mark.timeout(60)
