@@ -35,6 +35,12 @@ def test_environment_variables_override(monkeypatch: pytest.MonkeyPatch) -> None
         ("topic_partitions", 0, "topic_partitions"),
         ("max_image_bytes", 10, "max_image_bytes"),
         ("log_level", "LOUD", "log_level"),
+        ("processing_guarantee", "exactly-twice", "processing_guarantee"),
+        ("transaction_timeout_ms", 10, "transaction_timeout_ms"),
+        ("consumer_instance_id", "inference 1; rm -rf", "consumer_instance_id"),
+        ("consumer_instance_id", "x" * 101, "consumer_instance_id"),
+        ("poison_max_attempts", 0, "poison_max_attempts"),
+        ("topic_images_retention_ms", 5, "topic_images_retention_ms"),
     ],
 )
 def test_bad_values_are_refused_naming_the_setting(name: str, value: object, message: str) -> None:
