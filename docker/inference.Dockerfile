@@ -9,12 +9,18 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # Stage 1: wheels for the project and its `inference` extra.
 FROM ${PYTHON_IMAGE} AS wheels
 WORKDIR /src
+# The pinned dependencies first, hash-checked: requirements/inference.lock (`make lock`), the versions of the tested
+# dev.lock. This layer is rebuilt only when the lock changes.
+COPY requirements/inference.lock requirements/
+RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements/inference.lock
+# Then the project itself, with --no-deps: everything it needs is in /wheels already.
 COPY pyproject.toml README.md ./
 COPY pipeline_core/ pipeline_core/
 COPY inference_consumer/ inference_consumer/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[inference]"
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ".[inference]"
 
-# Stage 2: the runtime, installed from those wheels offline; the wheels are mounted, never copied into a layer.
+# Stage 2: the runtime, installed from those wheels offline (so exactly the locked versions); the wheels are
+# mounted, never copied into a layer.
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

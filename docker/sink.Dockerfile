@@ -10,12 +10,18 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # Stage 1: wheels for the project and its `sink` and `postgres` extras.
 FROM ${PYTHON_IMAGE} AS wheels
 WORKDIR /src
+# The pinned dependencies first, hash-checked: requirements/sink.lock (`make lock`), the versions of the tested
+# dev.lock. This layer is rebuilt only when the lock changes.
+COPY requirements/sink.lock requirements/
+RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements/sink.lock
+# Then the project itself, with --no-deps: everything it needs is in /wheels already.
 COPY pyproject.toml README.md ./
 COPY pipeline_core/ pipeline_core/
 COPY results_sink/ results_sink/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[sink,postgres]"
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ".[sink,postgres]"
 
-# Stage 2: the runtime, installed from those wheels offline; the wheels are mounted, never copied into a layer.
+# Stage 2: the runtime, installed from those wheels offline (so exactly the locked versions); the wheels are
+# mounted, never copied into a layer.
 FROM ${PYTHON_IMAGE} AS runtime
 # Four slashes: an absolute path, /var/lib/results-sink/results.db, where compose mounts a named volume.
 ENV PYTHONDONTWRITEBYTECODE=1 \
