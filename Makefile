@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 lock: $(STAMP)  ## re-resolve requirements/*.lock from pyproject.toml, keeping pins (LOCK_ARGS=--upgrade raises all)
-	$(UV_COMPILE) --extra dev -o $(LOCK)
+	$(UV_COMPILE) --extra dev -c requirements/constraints.txt -o $(LOCK)
 	$(UV_COMPILE) --extra api -c $(LOCK) -o requirements/api.lock
 	$(UV_COMPILE) --extra sink --extra postgres -c $(LOCK) -o requirements/sink.lock
 	$(UV_COMPILE) --extra inference -c $(LOCK) -o requirements/inference.lock
