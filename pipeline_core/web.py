@@ -10,22 +10,30 @@ import base64
 import hashlib
 import hmac
 import importlib
+import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
-from fastapi import FastAPI, HTTPException, Request
+import fastapi.routing
+from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.dependencies.utils import get_flat_params
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, APIKeyQuery
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline_core.settings import WebSettings
@@ -51,19 +59,57 @@ _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 # A `name=value` pair of a query string inside a log line: after `?` or `&`, up to the next separator.
 _QUERY_PAIR = re.compile(r"(?<=[?&])([^=&\s\"'#]*)=([^&\s\"'#]*)")
 SECRET_QUERY_PARAMS = frozenset({API_KEY_PARAM})
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 
-def api_key_guard(settings: WebSettings, *, query_allowed: bool = False) -> Callable[[Request], None]:
+class KeyRefused(BaseModel):
+    """The 401 of a guarded route: no API key, a wrong one, or one in the URL where only the header counts."""
+
+    error: str = Field(description="What was wrong with the key, never the key itself.")
+
+
+def key_refusals(settings: WebSettings) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` entry of a guarded route's 401: there only when an API key is configured."""
+    if settings.api_key is None:
+        return {}
+    return {401: {"model": KeyRefused, "description": f"{API_KEY_HEADER} missing or wrong."}}
+
+
+# The `headers` of a documented 429 or 503 answer: every one says when to come back.
+RETRY_AFTER_DOC: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+_HEADER_KEY = APIKeyHeader(
+    name=API_KEY_HEADER, scheme_name="apiKeyHeader", auto_error=False, description="The API_KEY setting."
+)
+_QUERY_KEY = APIKeyQuery(
+    name=API_KEY_PARAM,
+    scheme_name="apiKeyQuery",
+    auto_error=False,
+    description="The API_KEY setting, on the event-stream routes only (a browser's EventSource sends no headers).",
+)
+
+
+def api_key_guard(settings: WebSettings, *, query_allowed: bool = False) -> Callable[..., None]:
     """A dependency that refuses requests without the configured API key (none configured: all pass).
 
     `query_allowed` also takes the key as `?api_key=`, for the event streams only: a browser's EventSource
     cannot send headers. Anywhere else a key in the URL is refused, so that clients keep it out of URLs.
+    With a key configured, the routes' OpenAPI operations name the header (and the query) as their security.
     """
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
+    if expected is None:
+
+        def open_to_all() -> None:
+            return None
+
+        return open_to_all
 
     def check(request: Request) -> None:
-        if expected is None:
-            return
         given = request.headers.get(API_KEY_HEADER)
         if API_KEY_PARAM in request.query_params:
             if not query_allowed:
@@ -76,7 +122,16 @@ def api_key_guard(settings: WebSettings, *, query_allowed: bool = False) -> Call
         if not hmac.compare_digest((given or "").encode(), expected):
             raise HTTPException(401, detail=f"missing or wrong {API_KEY_HEADER} header")
 
-    return check
+    # The schemes' values are read by `check` from the request: the parameters only document them.
+    def header_only(request: Request, _h: str | None = Security(_HEADER_KEY)) -> None:
+        check(request)
+
+    def header_or_query(
+        request: Request, _h: str | None = Security(_HEADER_KEY), _q: str | None = Security(_QUERY_KEY)
+    ) -> None:
+        check(request)
+
+    return header_or_query if query_allowed else header_only
 
 
 def install_common(app: FastAPI, settings: WebSettings) -> None:
@@ -102,6 +157,62 @@ def install_common(app: FastAPI, settings: WebSettings) -> None:
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         body: dict[str, Any] = exc.detail if isinstance(exc.detail, dict) else {"error": exc.detail}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette's 405 names the methods of the first route on the path only (GET of `GET /` and
+            # `POST /`); a 405 is to list every method the path takes.
+            exc.headers = dict(exc.headers or {}) | {"Allow": ", ".join(allowed_methods(app, request))}
+        return await http_exception_handler(request, exc)
+
+    app.openapi = _without_impossible_422(app)  # type: ignore[method-assign]
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route of `app` (other than a mount) takes on the request's path."""
+    routes = [route for route in app.router.routes if not isinstance(route, Mount)]
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
+def _without_impossible_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """`app.openapi` without the 422 that FastAPI documents on every operation with parameters, where FastAPI
+    cannot answer it: no body it parses, and only plain-text parameters (every value is a valid `str`)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # FastAPI's cached document: what is done to it here is done once and for all
+        paths = schema.get("paths", {})
+        for path, route in _api_routes(app):
+            if route.body_field is None and all(_any_text(p) for p in get_flat_params(route.dependant)):
+                for method in route.methods or ():
+                    paths.get(path, {}).get(method.lower(), {}).get("responses", {}).pop("422", None)
+        if '"#/components/schemas/HTTPValidationError"' not in json.dumps(paths):
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    return openapi
+
+
+def _api_routes(app: FastAPI) -> Iterator[tuple[str, APIRoute]]:
+    """Each FastAPI route of `app` with its full path, also those of included routers."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if contexts is None:  # FastAPI before included routers kept their own routes: all are in app.routes
+        yield from ((r.path_format, r) for r in app.routes if isinstance(r, APIRoute))
+        return
+    for context in contexts(app.routes):
+        if isinstance(context.original_route, APIRoute) and context.path_format:
+            yield context.path_format, context.original_route
+
+
+def _any_text(param: Any) -> bool:  # FastAPI's ModelField, which it does not export
+    """Whether every value of this parameter, or none, is valid: a `str` with no constraint FastAPI checks."""
+    return param.field_info.annotation in (str, str | None) and not param.field_info.metadata
 
 
 class SecurityHeaders:

@@ -10,18 +10,20 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline_core.errors import PublishError
 from pipeline_core.events import FeedbackEvent
 from pipeline_core.jobs import is_issued_job_id
-from pipeline_core.web import CSP_HEADER, api_key_guard, origin_of, page_csp
+from pipeline_core.web import CSP_HEADER, RETRY_AFTER_DOC, api_key_guard, key_refusals, origin_of, page_csp
 from producer_api import metrics
 from producer_api.admission import OverloadedError
 from producer_api.deps import Services, ServicesDep
 from producer_api.forms import form_charset
-from producer_api.models import FeedbackAccepted, PredictBody
+from producer_api.models import FeedbackAccepted, FeedbackRefused, PredictBody
 from producer_api.pages import PageResult
 from producer_api.results import ResultTimeoutError, ResultUnavailableError
+from producer_api.routes import IMAGE_BYTES
 from producer_api.settings import ApiSettings
 from producer_api.uploads import check_content_length, limit_body, receive_images, to_events
 from producer_api.validation import UploadRejected
@@ -29,22 +31,90 @@ from producer_api.validation import UploadRejected
 logger = logging.getLogger(__name__)
 
 FEEDBACK_MAX_BODY = 64 * 1024
+FEEDBACK_MAX_REPORT: int = FeedbackEvent.model_json_schema()["properties"]["report"]["maxLength"]
 BROKER_RETRY_AFTER_S = 5  # a broker that is down: a guess, unlike the backlog's estimate
 RETRY_AFTER = {"Retry-After": str(BROKER_RETRY_AFTER_S)}
-SINGLE_FILE: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            }
+
+
+def _single_file(*, required: bool) -> dict[str, Any]:
+    """A multipart body with one image part named `file`; POST / takes none too (302 back to the page)."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {"file": {"type": "string", "format": "binary", "description": IMAGE_BYTES}},
+    }
+    if required:
+        schema["required"] = ["file"]
+    return {"requestBody": {"required": required, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+# What /predict and POST / answer besides a label: the status of `Classified`, and why.
+_CLASSIFY_ERRORS = {
+    400: "No file, a file that is no accepted image, a malformed form, or the image could not be classified.",
+    413: "The file or the body is too large, or more than one file.",
+    429: "Too many images wait for a consumer; retry after `Retry-After`.",
+    502: "The results sink refused to stream the result.",
+    503: "Kafka is unavailable; retry after `Retry-After`.",
+    504: "No result within PREDICT_TIMEOUT_S.",
+}
+_RETRY_LATER = (429, 503)
+_FEEDBACK_FORM = {
+    "type": "object",
+    "properties": {
+        "report": {
+            "type": "string",
+            "maxLength": FEEDBACK_MAX_REPORT,
+            "description": "What is wrong; an empty report is accepted and dropped.",
+        },
+        "job_id": {"type": "string", "description": "The job the report is about: an id this API issued."},
+    },
+}
+
+
+def _predict_responses(settings: ApiSettings) -> dict[int | str, dict[str, Any]]:
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": PredictBody, "description": f"`success: false`. {why}"}
+        | ({"headers": RETRY_AFTER_DOC} if status in _RETRY_LATER else {})
+        for status, why in _CLASSIFY_ERRORS.items()
+    }
+    return errors | key_refusals(settings)
+
+
+def _page_responses(settings: ApiSettings) -> dict[int | str, dict[str, Any]]:
+    page: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"description": f"The page, with the reason. {why}", "content": page}
+        | ({"headers": RETRY_AFTER_DOC} if status in _RETRY_LATER else {})
+        for status, why in _CLASSIFY_ERRORS.items()
+    }
+    redirect: dict[str, Any] = {
+        "description": "No file was chosen: back to the page.",
+        "headers": {"Location": {"required": True, "schema": {"type": "string", "const": "/"}}},
+    }
+    # The page is HTML, but a refused key is answered in JSON like everywhere else.
+    refusals: dict[int | str, dict[str, Any]] = {
+        status: {
+            "description": r["description"],
+            "content": {"application/json": {"schema": r["model"].model_json_schema()}},
+        }
+        for status, r in key_refusals(settings).items()
+    }
+    return {200: {"content": page}, 302: redirect} | errors | refusals
+
+
+def _feedback_responses(settings: ApiSettings) -> dict[int | str, dict[str, Any]]:
+    return {
+        400: {
+            "model": FeedbackRefused,
+            "description": "`job_id` is not a job this API issued, too long a report, or a malformed form.",
+        },
+        **key_refusals(settings),
+        413: {"model": FeedbackRefused, "description": f"The body is over {FEEDBACK_MAX_BODY} bytes."},
+        503: {
+            "model": FeedbackRefused,
+            "description": "Kafka is unavailable; retry after `Retry-After`.",
+            "headers": RETRY_AFTER_DOC,
         },
     }
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +199,8 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
         "/",
         response_class=HTMLResponse,
         dependencies=guarded,
-        openapi_extra=SINGLE_FILE,
+        openapi_extra=_single_file(required=False),
+        responses=_page_responses(settings),
         summary="Classify one image and show the page with its result (no JavaScript needed)",
     )
     async def page_upload(request: Request, services: ServicesDep) -> Response:
@@ -145,7 +216,8 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
         "/predict",
         response_model=PredictBody,
         dependencies=guarded,
-        openapi_extra=SINGLE_FILE,
+        openapi_extra=_single_file(required=True),
+        responses=_predict_responses(settings),
         summary="Classify one image and wait for the label (the original project's API)",
     )
     async def predict(request: Request, services: ServicesDep) -> JSONResponse:
@@ -169,6 +241,15 @@ def create_compat_router(settings: ApiSettings) -> APIRouter:
         "/feedback",
         response_model=FeedbackAccepted,
         dependencies=guarded,
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/x-www-form-urlencoded": {"schema": _FEEDBACK_FORM},
+                    "multipart/form-data": {"schema": _FEEDBACK_FORM},
+                }
+            }
+        },
+        responses=_feedback_responses(settings),
         summary="Report a wrong label (form fields `report`, optional `job_id`)",
     )
     async def feedback(request: Request, services: ServicesDep) -> JSONResponse:
@@ -194,7 +275,10 @@ async def _feedback_event(request: Request, settings: ApiSettings) -> FeedbackEv
     # Checked here too: Starlette's parser fails with a 500 on some charsets (`undefined`).
     form_charset(request.headers.get("content-type"))
     bounded = limit_body(request, FEEDBACK_MAX_BODY)
-    form = await bounded.form(max_files=0, max_fields=8, max_part_size=FEEDBACK_MAX_BODY)
+    try:
+        form = await bounded.form(max_files=0, max_fields=8, max_part_size=FEEDBACK_MAX_BODY)
+    except StarletteHTTPException as e:  # Starlette's 400 for a malformed form, with a body of its own
+        raise UploadRejected(e.status_code, "invalid_form", str(e.detail)) from e
     report, job_id = form.get("report"), form.get("job_id") or None
     if not isinstance(report, str) or not report.strip():
         return None

@@ -44,6 +44,14 @@ class FeedbackAccepted(BaseModel):
     success: bool = True
 
 
+class FeedbackRefused(BaseModel):
+    """POST /feedback's 4xx/503 answer."""
+
+    success: bool = False
+    error: str = Field(description="A short, stable code, e.g. `unknown_job`.")
+    reason: str = Field(description="A sentence for people.")
+
+
 class ReadyBody(BaseModel):
     """GET /readyz's answer."""
 

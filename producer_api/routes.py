@@ -7,39 +7,62 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from pipeline_core.web import api_key_guard
+from pipeline_core.web import RETRY_AFTER_DOC, api_key_guard, key_refusals
 from producer_api import metrics
 from producer_api.deps import ServicesDep
 from producer_api.models import ErrorBody, JobsAccepted, ReadyBody
 from producer_api.settings import ApiSettings
 from producer_api.uploads import receive_images, to_events, to_job
 
-MULTIPART_FILES: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
+# What the bytes of a file part must be: a schema cannot say it, so the description does.
+IMAGE_BYTES = "An image's bytes: JPEG, PNG, GIF, WebP, BMP or TIFF (ACCEPTED_FORMATS), judged from the bytes."
+
+
+def image_files(max_files: int) -> dict[str, Any]:
+    """The request body of POST /v1/images: 1 to `max_files` parts named `file`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": max_files,
+                                "items": {"type": "string", "format": "binary", "description": IMAGE_BYTES},
+                            }
+                        },
+                    }
                 }
-            }
+            },
+        }
+    }
+
+
+def upload_errors(settings: ApiSettings) -> dict[int | str, dict[str, Any]]:
+    """Every error answer of POST /v1/images."""
+    return {
+        400: {
+            "model": ErrorBody,
+            "description": "No file, a file that is no accepted image, or a malformed form or charset.",
+        },
+        **key_refusals(settings),
+        413: {"model": ErrorBody, "description": "A file or the body is too large, or too many files."},
+        429: {
+            "model": ErrorBody,
+            "description": "Too many images wait for a consumer; retry after `Retry-After`.",
+            "headers": RETRY_AFTER_DOC,
+        },
+        503: {
+            "model": ErrorBody,
+            "description": "Kafka is unavailable; retry after `Retry-After` seconds.",
+            "headers": RETRY_AFTER_DOC,
         },
     }
-}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Bad image, unsupported format, no file, malformed form."},
-    401: {"description": "API key missing or wrong (only when API_KEY is set)."},
-    413: {"model": ErrorBody, "description": "A file or the body is too large, or too many files."},
-    429: {
-        "model": ErrorBody,
-        "description": "Too many images wait for a consumer; retry after `Retry-After`.",
-    },
-    503: {"model": ErrorBody, "description": "Kafka is unavailable; retry after `Retry-After` seconds."},
-}
 
 
 def create_router(settings: ApiSettings) -> APIRouter:
@@ -52,8 +75,8 @@ def create_router(settings: ApiSettings) -> APIRouter:
         status_code=202,
         response_model=JobsAccepted,
         dependencies=guarded,
-        openapi_extra=MULTIPART_FILES,
-        responses=ERRORS,
+        openapi_extra=image_files(settings.max_files_per_request),
+        responses=upload_errors(settings),
         summary="Upload one or more images for classification",
     )
     async def upload_images(request: Request, services: ServicesDep) -> JobsAccepted:

@@ -28,9 +28,18 @@ def get_consumer(request: Request) -> SinkConsumer:
     return cast(SinkConsumer, request.app.state.consumer)
 
 
-def last_event_id(last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None) -> int:
+# What `last_event_id` takes: nothing, or the seq of an event this sink sent (the OpenAPI document says so;
+# FastAPI does not check it, so that a bad value is this dependency's 400).
+LAST_EVENT_ID = Header(
+    alias="Last-Event-ID",
+    description="The id of the last event received: a reconnecting stream sends only later ones",
+    json_schema_extra={"pattern": "^[0-9]{0,18}$"},
+)
+
+
+def last_event_id(last_event_id: Annotated[str, LAST_EVENT_ID] = "") -> int:
     """The seq a reconnecting SSE client saw last (0 when it saw none); 400 when it is not one."""
-    if last_event_id is None or not last_event_id.strip():
+    if not last_event_id.strip():
         return 0
     value = last_event_id.strip()
     if not (value.isascii() and value.isdigit()) or len(value) > 18:

@@ -2,32 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pipeline_core.jobs import is_issued_job_id
-from pipeline_core.web import api_key_guard
+from pipeline_core.web import RETRY_AFTER_DOC, api_key_guard, key_refusals
 from results_sink.capacity import StreamSlots, client_key
 from results_sink.deps import ConsumerDep, HubDep, LastEventIdDep, SettingsDep, StoreDep
 from results_sink.models import ErrorResponse, HealthResponse, PendingResponse, ReadyResponse, ResultResponse
 from results_sink.settings import SinkSettings
 from results_sink.streams import StreamRequest, stream_response
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse},
-    401: {"model": ErrorResponse},
-    404: {"model": ErrorResponse},
+_NOT_ISSUED: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Not a job id this system's API issued"}
 }
-_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = _ERRORS | {
-    200: {"content": {"text/event-stream": {}}, "description": "`result` events, then the stream ends"},
-    204: {"description": "Everything was sent already (Last-Event-ID); an EventSource stops reconnecting"},
-    429: {"model": ErrorResponse, "description": "This client has its most streams open; `Retry-After`"},
-    503: {"model": ErrorResponse, "description": "This instance has its most streams open; `Retry-After`"},
-}
+
+
+def _stream_responses(settings: SinkSettings, bad_request: str) -> dict[int | str, dict[str, Any]]:
+    """What a stream route answers: the stream, 204, and its refusals (`bad_request`: what gets a 400)."""
+    return {
+        200: {"content": {"text/event-stream": {}}, "description": "`result` events, then the stream ends"},
+        204: {
+            "description": "Everything was sent already (Last-Event-ID); an EventSource stops reconnecting"
+        },
+        400: {"model": ErrorResponse, "description": bad_request},
+        **key_refusals(settings),
+        **_NOT_ISSUED,
+        429: {
+            "model": ErrorResponse,
+            "description": "This client has its most streams open; `Retry-After`",
+            "headers": RETRY_AFTER_DOC,
+        },
+        503: {
+            "model": ErrorResponse,
+            "description": "This instance has its most streams open; `Retry-After`",
+            "headers": RETRY_AFTER_DOC,
+        },
+    }
+
+
+def _ids_parameter(limit: int) -> dict[str, Any]:
+    """`?ids=` as `_parse_ids` reads it: 1 to `limit` comma-separated ids, each with a non-space character
+    (read from the query by the route itself, so that a missing or empty list is the route's 400)."""
+    item = r"[^,]*\S[^,]*"
+    return {
+        "parameters": [
+            {
+                "name": "ids",
+                "in": "query",
+                "required": True,
+                "description": f"Comma-separated job ids, 1 to {limit} (MAX_IDS_PER_STREAM)",
+                "schema": {"type": "string", "pattern": f"^{item}(,{item}){{0,{limit - 1}}}$"},
+            }
+        ]
+    }
 
 
 def _parse_ids(raw: str, limit: int) -> list[str]:
@@ -63,7 +95,9 @@ def create_router(settings: SinkSettings) -> APIRouter:
         "/results/{job_id}",
         response_model=ResultResponse,
         dependencies=header_key,
-        responses=_ERRORS | {202: {"model": PendingResponse, "description": "Issued, no result stored yet"}},
+        responses={202: {"model": PendingResponse, "description": "Issued, no result stored yet"}}
+        | key_refusals(settings)
+        | _NOT_ISSUED,
     )
     def get_result(job_id: str, store: StoreDep, s: SettingsDep) -> ResultResponse | JSONResponse:
         """One job's result (200), pending (202) or unknown (404)."""
@@ -77,7 +111,7 @@ def create_router(settings: SinkSettings) -> APIRouter:
         "/results/{job_id}/events",
         response_class=Response,
         dependencies=header_or_query_key,
-        responses=_STREAM_RESPONSES,
+        responses=_stream_responses(settings, "Last-Event-ID is not an event id this sink sent"),
     )
     async def job_events(
         request: Request, job_id: str, *, after: LastEventIdDep, store: StoreDep, hub: HubDep, s: SettingsDep
@@ -91,19 +125,19 @@ def create_router(settings: SinkSettings) -> APIRouter:
         return stream_response(StreamRequest([job_id], after), hub, store, s, on_close=release)
 
     @router.get(
-        "/events", response_class=Response, dependencies=header_or_query_key, responses=_STREAM_RESPONSES
+        "/events",
+        response_class=Response,
+        dependencies=header_or_query_key,
+        responses=_stream_responses(
+            settings, "No ids, too many, or a Last-Event-ID that is not an event id this sink sent"
+        ),
+        openapi_extra=_ids_parameter(settings.max_ids_per_stream),
     )
     async def many_events(
-        request: Request,
-        *,
-        after: LastEventIdDep,
-        store: StoreDep,
-        hub: HubDep,
-        s: SettingsDep,
-        ids: Annotated[str, Query(description="Comma-separated job ids")] = "",
+        request: Request, *, after: LastEventIdDep, store: StoreDep, hub: HubDep, s: SettingsDep
     ) -> Response:
         """Each job's `result` as it is stored (stored ones first, in seq order), then the end."""
-        job_ids = _parse_ids(ids, s.max_ids_per_stream)
+        job_ids = _parse_ids(request.query_params.get("ids", ""), s.max_ids_per_stream)
         _check_issued(job_ids, s)
         stored = await run_in_threadpool(store.results_after, job_ids, 0)
         if len(stored) == len(job_ids) and all(r.seq <= after for r in stored):
