@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from PIL import Image
 from prometheus_client import start_http_server
 
 from inference_consumer.model import load_classifier
@@ -24,6 +25,8 @@ def main() -> int:
     settings = load_settings(ConsumerSettings, "inference_consumer")
     if settings is None:
         return 2
+    # The API refuses larger images; a record written by another producer meets the same cap here.
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     try:
         classifier = load_classifier(
             model=settings.model_name,

@@ -13,17 +13,27 @@ _COORDINATOR_WAIT_S = 10.0
 
 def group_lag(admin: KafkaAdminClient, group_id: str, topic: str) -> dict[int, int]:
     """Records behind the log end for each partition of `topic` (uncommitted partitions count from 0)."""
+    return {
+        partition: max(0, end - done)
+        for partition, (done, end) in group_offsets(admin, group_id, topic).items()
+    }
+
+
+def group_offsets(admin: KafkaAdminClient, group_id: str, topic: str) -> dict[int, tuple[int, int]]:
+    """(committed offset, log end offset) for each partition of `topic`; an uncommitted partition is at 0.
+
+    The committed offsets summed over time are the group's progress: how fast it works the topic off.
+    """
     partitions = [
         TopicPartition(topic, p["partition_index"]) for p in admin.describe_topics([topic])[0]["partitions"]
     ]
     ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
     committed = _committed(admin, group_id, partitions)
-    lag = {}
+    offsets = {}
     for tp in partitions:
         done = committed.get(tp)
-        position = done.offset if done is not None and done.offset >= 0 else 0
-        lag[tp.partition] = max(0, ends[tp].offset - position)
-    return lag
+        offsets[tp.partition] = (done.offset if done is not None and done.offset >= 0 else 0, ends[tp].offset)
+    return offsets
 
 
 def _committed(

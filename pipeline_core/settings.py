@@ -117,6 +117,14 @@ class PipelineSettings(BaseSettings):
         10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest accepted upload, per file."
     )
 
+    max_image_pixels: int = Field(
+        25_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Largest width x height accepted by the API and decoded by a consumer: a 24-megapixel "
+        "photo fits. Decompression bombs, and a consumer's work per image, grow with it.",
+    )
+
     log_level: LogLevel = Field("INFO", description="Least severe log level printed.")
 
     @field_validator("kafka_bootstrap_servers")
@@ -201,6 +209,54 @@ class WebSettings(PipelineSettings):
         True, description="Serve `/docs` and `/openapi.json`; false answers them 404 (a public port)."
     )
     expose_metrics: bool = Field(True, description="Serve `/metrics`; false answers it 404 (a public port).")
+
+    # The HTTP server's own defences (pipeline_core/serving.py); docs/operations.md has what a proxy adds.
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A request's head (request line and headers) must arrive within this long; else 408, closed.",
+    )
+    body_idle_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Longest pause allowed between two chunks of a request body; else 408, closed.",
+    )
+    body_min_rate_bps: int = Field(
+        16 * 1024,
+        ge=1,
+        le=1 << 30,
+        description="Slowest average rate (bytes/s) a request body may arrive at, once BODY_IDLE_TIMEOUT_S "
+        "has passed; else 408, closed.",
+    )
+    keep_alive_timeout_s: float = Field(
+        75.0,
+        ge=1,
+        le=3600,
+        description="How long an idle keep-alive connection stays open: keep it longer than the idle timeout "
+        "of the clients' (or the proxy's) connection pools, so they close first.",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="Open connections above this many get 503 + Retry-After on their first request, closed.",
+    )
+    max_concurrent_requests: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="Requests in progress above this many get 503 + Retry-After before their body is read "
+        "(event streams have caps of their own).",
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1 << 40,
+        description="Request-body bytes held at once across all requests; a request that would pass it gets "
+        "503 + Retry-After instead of the process running out of memory.",
+    )
 
     @field_validator("api_key")
     @classmethod

@@ -36,6 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline_core.serving import RequestGuard, ServingLimits
 from pipeline_core.settings import WebSettings
 
 logger = logging.getLogger(__name__)
@@ -134,10 +135,15 @@ def api_key_guard(settings: WebSettings, *, query_allowed: bool = False) -> Call
     return header_or_query if query_allowed else header_only
 
 
-def install_common(app: FastAPI, settings: WebSettings) -> None:
-    """CORS, security headers, JSON errors, an access log without keys, and (as set) docs and metrics."""
+def install_common(
+    app: FastAPI, settings: WebSettings, *, streams: Callable[[str], bool] = lambda _path: False
+) -> None:
+    """The request guard, CORS, security headers, JSON errors, an access log without keys, and (as set) docs
+    and metrics. `streams` tells the long-lived event-stream paths, which the concurrency cap leaves out."""
     # No slash redirects: a path with a forged id ending in `/` gets a 404, not a 307 to another route.
     app.router.redirect_slashes = False
+    # Added first, so innermost of these: its 503s and 408s still get CORS and the security headers.
+    app.add_middleware(RequestGuard, limits=ServingLimits.of(settings), unmetered=streams)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -191,12 +197,33 @@ def _without_impossible_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
             if route.body_field is None and all(_any_text(p) for p in get_flat_params(route.dependant)):
                 for method in route.methods or ():
                     paths.get(path, {}).get(method.lower(), {}).get("responses", {}).pop("422", None)
+        _document_server_refusals(paths)
         if '"#/components/schemas/HTTPValidationError"' not in json.dumps(paths):
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
         return schema
 
     return openapi
+
+
+_BUSY = (
+    "Busy: more requests in progress, connections or body bytes in flight than the server's caps "
+    "(MAX_CONCURRENT_REQUESTS, MAX_CONNECTIONS, MAX_BODY_BYTES_IN_FLIGHT); retry after `Retry-After`."
+)
+_TIMEOUT = "The request body stalled or arrived too slowly (BODY_IDLE_TIMEOUT_S, BODY_MIN_RATE_BPS); closed."
+
+
+def _document_server_refusals(paths: dict[str, Any]) -> None:
+    """Add what `RequestGuard` may answer on any route: 503 busy everywhere, 408 where there is a body."""
+    for operations in paths.values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            busy = responses.setdefault("503", {"description": _BUSY})
+            if _BUSY not in busy.get("description", ""):
+                busy["description"] = f"{busy.get('description', '').rstrip()} Or: {_BUSY}".strip()
+            busy.setdefault("headers", {}).setdefault("Retry-After", RETRY_AFTER_DOC["Retry-After"])
+            if "requestBody" in operation:
+                responses.setdefault("408", {"description": _TIMEOUT})
 
 
 def _api_routes(app: FastAPI) -> Iterator[tuple[str, APIRoute]]:

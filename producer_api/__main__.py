@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
-
+from pipeline_core.serving import serve
 from pipeline_core.startup import load_settings
 from producer_api.app import create_app
 from producer_api.settings import ApiSettings
@@ -21,15 +20,9 @@ def main() -> int:
         return 2
     if settings.api_key is None:
         logger.warning("API_KEY is not set: anyone who reaches this port can upload")
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,  # keep the one logging set-up of configure_logging
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
-        proxy_headers=False,
+    server = serve(
+        create_app(settings), settings, settings.api_host, settings.api_port, settings.shutdown_timeout_s
     )
-    server = uvicorn.Server(config)
     server.run()
     # uvicorn returns (instead of raising) when the lifespan fails at start-up.
     return 0 if server.started else 1

@@ -1,8 +1,12 @@
-"""Admission control: shed uploads with 429 before the queue of unclassified images grows without bound.
+"""Admission control: shed uploads with 429 before accepted images would wait too long for a consumer.
 
-The backlog is the inference group's lag on the images topic (records not yet committed by a consumer), read
-in a worker thread every `BACKLOG_CHECK_INTERVAL_S`. Past `MAX_BACKLOG_IMAGES`, uploads get `429` with
-`Retry-After`; every image already accepted still gets its result.
+Two measures, read in a worker thread every `BACKLOG_CHECK_INTERVAL_S` from the inference group's offsets:
+the backlog (records on the images topic not yet committed by a consumer) and the group's throughput (how
+fast its committed offsets advance while it has work). An upload is refused when the images it brings would
+wait longer than `MAX_QUEUE_WAIT_S` behind the backlog at that throughput, or when the backlog would pass
+`MAX_BACKLOG_IMAGES` (the bound while the throughput is not known yet). Uploads accepted since the last
+measure count too, so a burst between two measures cannot overshoot. Every image already accepted still gets
+its result; what is refused gets `Retry-After` for when the wait should be back under the limit.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from kafka import KafkaAdminClient
 
 from pipeline_core.clients import create_admin
 from pipeline_core.errors import PipelineError
-from pipeline_core.lag import group_lag
+from pipeline_core.lag import group_offsets
 from producer_api import metrics
 from producer_api.broker import any_port_open
 from producer_api.settings import ApiSettings
@@ -24,47 +28,76 @@ logger = logging.getLogger(__name__)
 
 
 class OverloadedError(PipelineError):
-    """Too many accepted images wait for a consumer; the client should retry after `retry_after_s`."""
+    """Accepted images would wait too long for a consumer; the client should retry after `retry_after_s`."""
 
     retriable = True
 
-    def __init__(self, backlog: int, limit: int, retry_after_s: int) -> None:
-        super().__init__(f"{backlog} images are waiting to be classified (limit {limit}); retry later")
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(f"{reason}; retry later")
         self.retry_after_s = retry_after_s
 
 
+# Weight of the newest throughput sample: about the last eight measures count.
+_SMOOTHING = 0.25
+MAX_RETRY_AFTER_S = 30
+
+
 class Admission:
-    """Keeps the current backlog up to date in the background; `check()` refuses uploads past the limit."""
+    """Keeps the backlog and throughput up to date in the background; `check()` refuses uploads that would
+    wait too long."""
 
     def __init__(self, settings: ApiSettings) -> None:
         self._settings = settings
         self._backlog = 0
-        self._drain_per_s = math.nan
+        self._accepted_since_measure = 0
+        self._throughput = math.nan  # images/s the group works off while busy; nan until seen
         self._admin: KafkaAdminClient | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def backlog(self) -> int:
-        """Images accepted but not yet classified and committed, as last measured."""
-        return self._backlog
+        """Images accepted but not yet classified and committed, as last measured plus accepted since."""
+        return self._backlog + self._accepted_since_measure
+
+    @property
+    def throughput(self) -> float:
+        """Images per second the consumers work off while they have a backlog (nan until measured)."""
+        return self._throughput
+
+    def expected_wait_s(self, images: int) -> float:
+        """How long `images` more would wait behind the backlog (nan while the throughput is unknown)."""
+        return (self.backlog + images) / self._throughput if self._throughput > 0 else math.nan
 
     def check(self, images: int) -> None:
-        """Raise `OverloadedError` if admitting `images` more would pass the limit (0 turns shedding off)."""
-        limit = self._settings.max_backlog_images
-        if limit and self._backlog + images > limit:
-            metrics.UPLOADS_REJECTED.labels("overloaded").inc(images)
-            raise OverloadedError(self._backlog, limit, self._retry_after_s())
+        """Raise `OverloadedError` if admitting `images` more would pass the wait or backlog limit."""
+        settings = self._settings
+        if not settings.max_backlog_images and not settings.max_queue_wait_s:
+            return
+        waiting = self.backlog + images
+        wait = self.expected_wait_s(images)
+        if settings.max_queue_wait_s and wait > settings.max_queue_wait_s:
+            reason = f"{waiting} images would wait {wait:.1f} s for a consumer (limit {settings.max_queue_wait_s} s)"
+            self._refuse(images, reason, wait - settings.max_queue_wait_s)
+        if settings.max_backlog_images and waiting > settings.max_backlog_images:
+            reason = (
+                f"{waiting} images would be waiting to be classified (limit {settings.max_backlog_images})"
+            )
+            excess = waiting - settings.max_backlog_images // 2
+            self._refuse(images, reason, excess / self._throughput if self._throughput > 0 else 1.0)
 
-    def _retry_after_s(self) -> int:
-        # Roughly when the consumers will have worked the backlog down below the limit again.
-        if math.isnan(self._drain_per_s) or self._drain_per_s <= 0:
-            return 1
-        excess = self._backlog - self._settings.max_backlog_images // 2
-        return max(1, min(30, math.ceil(excess / self._drain_per_s)))
+    def admitted(self, images: int) -> None:
+        """Count images accepted since the last measure (they are in the next one)."""
+        self._accepted_since_measure += images
+
+    def _refuse(self, images: int, reason: str, seconds: float) -> None:
+        metrics.UPLOADS_REJECTED.labels("overloaded").inc(images)
+        retry_after = max(1, min(MAX_RETRY_AFTER_S, math.ceil(seconds)))
+        raise OverloadedError(reason, retry_after)
 
     def start(self) -> None:
         """Start measuring (no-op when shedding is off)."""
-        if self._settings.max_backlog_images and self._task is None:
+        settings = self._settings
+        if (settings.max_backlog_images or settings.max_queue_wait_s) and self._task is None:
             self._task = asyncio.create_task(self._measure_forever(), name="backlog")
 
     async def stop(self) -> None:
@@ -77,23 +110,39 @@ class Admission:
 
     async def _measure_forever(self) -> None:
         interval = self._settings.backlog_check_interval_s
+        loop = asyncio.get_running_loop()
         failures = 0
+        previous: tuple[float, int, int] | None = None  # (time, committed, backlog) of the last measure
         while True:
-            before = self._backlog
             try:
-                self._backlog = await asyncio.to_thread(self._measure)
+                committed, backlog = await asyncio.to_thread(self._measure)
             except Exception as e:
                 # Fail open: a broker that is down is the publisher's to report (503), not a reason to shed.
                 failures += 1
                 log = logger.warning if failures in (1, 10) or failures % 100 == 0 else logger.debug
                 log("backlog not measured (%d in a row): %s: %s", failures, type(e).__name__, e)
                 await self._drop_admin()
+                previous = None
             else:
                 failures = 0
-                drained = before - self._backlog
-                self._drain_per_s = max(0.0, drained / interval) if drained > 0 else self._drain_per_s
-                metrics.BACKLOG.set(self._backlog)
+                now = loop.time()
+                if previous is not None:
+                    self._learn_throughput(now - previous[0], committed - previous[1], previous[2])
+                previous = (now, committed, backlog)
+                self._backlog, self._accepted_since_measure = backlog, 0
+                metrics.BACKLOG.set(backlog)
             await asyncio.sleep(interval)
+
+    def _learn_throughput(self, elapsed_s: float, done: int, backlog_before: int) -> None:
+        # Only while the group had work the whole time does its progress say how fast it can go; idle, it
+        # says only how fast images arrived.
+        if elapsed_s <= 0 or done < 0 or backlog_before <= done:
+            return
+        sample = done / elapsed_s
+        if math.isnan(self._throughput):
+            self._throughput = sample
+        else:
+            self._throughput += _SMOOTHING * (sample - self._throughput)
 
     async def _drop_admin(self) -> None:
         # A fresh client next time, rather than one that keeps reconnecting to a broker that is gone.
@@ -101,11 +150,13 @@ class Admission:
         if admin is not None:
             await asyncio.to_thread(admin.close)
 
-    def _measure(self) -> int:
+    def _measure(self) -> tuple[int, int]:
+        """(committed records summed over partitions, backlog)."""
         s = self._settings
         if self._admin is None:
             # kafka-python leaks sockets when a client's bootstrap fails, so only try once a port answers.
             if not any_port_open(s.kafka_bootstrap_servers):
                 raise PipelineError(f"no broker listening at {s.kafka_bootstrap_servers}")
             self._admin = create_admin(s, "api-backlog")
-        return sum(group_lag(self._admin, s.consumer_group_inference, s.topic_images).values())
+        offsets = group_offsets(self._admin, s.consumer_group_inference, s.topic_images).values()
+        return sum(done for done, _end in offsets), sum(max(0, end - done) for done, end in offsets)

@@ -23,7 +23,7 @@ from producer_api.publisher import Publisher
 from producer_api.results import ResultWaiter
 from producer_api.routes import create_router
 from producer_api.settings import ApiSettings
-from producer_api.validation import UploadRejected
+from producer_api.validation import UploadRejected, ValidationPool
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +36,14 @@ def create_app(settings: ApiSettings, *, sink_transport: httpx.AsyncBaseTranspor
         waiter = ResultWaiter(settings, sink_transport)
         publisher = Publisher(settings)
         admission = Admission(settings)
-        app.state.services = Services(settings, publisher, waiter, Page(), admission)
+        validator = ValidationPool(settings.validation_threads)
+        app.state.services = Services(settings, publisher, waiter, Page(), admission, validator)
         try:
             await publisher.start()
             admission.start()
             yield
         finally:
+            validator.close()
             await admission.stop()
             await publisher.stop()
             await waiter.aclose()

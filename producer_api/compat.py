@@ -139,7 +139,7 @@ async def classify_one(request: Request, services: Services) -> Classified:
     """Publish the request's one image and wait for its result; every failure becomes a status and reason."""
     settings = services.settings
     try:
-        uploads = await receive_images(request, settings, max_files=1)
+        uploads = await receive_images(request, services, max_files=1)
     except UploadRejected as e:
         metrics.UPLOADS_REJECTED.labels(e.error).inc()
         return Classified(e.status, e.filename or "", error=e.error, reason=e.reason)
@@ -153,6 +153,7 @@ async def classify_one(request: Request, services: Services) -> Classified:
     started = time.perf_counter()
     try:
         await services.publisher.publish(events)
+        services.admission.admitted(1)
         metrics.UPLOADS.inc()
         metrics.UPLOAD_BYTES.observe(len(uploads[0].data))
         result = await services.waiter.wait(events[0].meta.job_id, settings.predict_timeout_s)

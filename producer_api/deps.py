@@ -12,6 +12,7 @@ from producer_api.pages import Page
 from producer_api.publisher import Publisher
 from producer_api.results import ResultWaiter
 from producer_api.settings import ApiSettings
+from producer_api.validation import ValidationPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,7 @@ class Services:
     waiter: ResultWaiter
     page: Page
     admission: Admission
+    validator: ValidationPool
 
 
 def get_services(request: Request) -> Services:

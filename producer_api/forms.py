@@ -43,13 +43,13 @@ class FilePart:
     """One uploaded file as the client sent it (name untrusted, bytes unchecked)."""
 
     filename: str
-    chunks: list[bytes] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)  # while the part arrives
     size: int = 0
+    data: bytes = b""  # once it has: one buffer, the chunks dropped
 
-    @property
-    def data(self) -> bytes:
-        """The file's bytes."""
-        return b"".join(self.chunks)
+    def finish(self) -> None:
+        """Join the chunks into `data` and let them go, so a part is held once, not twice."""
+        self.data, self.chunks = b"".join(self.chunks), []
 
 
 @dataclass(slots=True)
@@ -154,6 +154,8 @@ class _Collector:
                 self._field[1].extend(data[start:end])
 
     def on_part_end(self) -> None:
+        if self._file is not None:
+            self._file.finish()
         if self._field is not None:
             name, value = self._field
             self.form.fields[name] = self._text(bytes(value))

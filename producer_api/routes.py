@@ -82,10 +82,11 @@ def create_router(settings: ApiSettings) -> APIRouter:
     async def upload_images(request: Request, services: ServicesDep) -> JobsAccepted:
         """Validate every file, publish one event per file, answer once the broker acknowledged them all."""
         services.admission.check(1)  # before reading the body: shedding must cost next to nothing
-        uploads = await receive_images(request, services.settings, services.settings.max_files_per_request)
+        uploads = await receive_images(request, services, services.settings.max_files_per_request)
         services.admission.check(len(uploads))
         events = to_events(uploads, services.settings)
         await services.publisher.publish(events)
+        services.admission.admitted(len(events))
         metrics.UPLOADS.inc(len(uploads))
         for upload in uploads:
             metrics.UPLOAD_BYTES.observe(len(upload.data))

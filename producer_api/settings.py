@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from pipeline_core.settings import WebSettings, split_list
@@ -32,17 +32,25 @@ class ApiSettings(WebSettings):
         ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"),
         description="Accepted image formats (Pillow names), judged from the bytes, never the file name.",
     )
-    max_image_pixels: int = Field(
-        40_000_000,
+    validation_threads: int = Field(
+        2,
         ge=1,
-        le=1_000_000_000,
-        description="Largest width x height accepted (decompression bombs).",
+        le=64,
+        description="Threads that check uploads' image headers, off the event loop (about one per core).",
+    )
+    max_queue_wait_s: float = Field(
+        0.5,
+        ge=0,
+        le=3600,
+        description="Uploads get 429 when their images would wait longer than this behind the backlog, at "
+        "the consumers' measured throughput (0: no wait limit). Keeps accepted uploads' round trip short.",
     )
     max_backlog_images: int = Field(
         256,
         ge=0,
         le=10_000_000,
-        description="Uploads get 429 while this many accepted images wait for a consumer (0: never shed).",
+        description="Uploads get 429 while this many accepted images wait for a consumer, whatever the "
+        "throughput (0: no count limit).",
     )
     backlog_check_interval_s: float = Field(
         0.25, gt=0, le=60, description="How often the backlog (the inference group's lag) is measured."
@@ -89,6 +97,17 @@ class ApiSettings(WebSettings):
         if not value:
             raise ValueError("ACCEPTED_FORMATS: accept at least one image format")
         return value
+
+    @model_validator(mode="after")
+    def _one_request_fits_in_flight(self) -> ApiSettings:
+        largest = self.max_files_per_request * self.max_record_bytes
+        if self.max_body_bytes_in_flight < largest:
+            raise ValueError(
+                f"MAX_BODY_BYTES_IN_FLIGHT ({self.max_body_bytes_in_flight}) is below the largest upload "
+                f"(MAX_FILES_PER_REQUEST x MAX_IMAGE_BYTES plus framing: {largest} bytes), which would be "
+                "refused for ever; raise it or lower those"
+            )
+        return self
 
     @property
     def results_url_for_api(self) -> str:

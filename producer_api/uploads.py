@@ -9,10 +9,11 @@ from starlette.types import Message
 
 from pipeline_core.events import ImageEvent, ImageMeta
 from pipeline_core.jobs import new_job_id
+from producer_api.deps import Services
 from producer_api.forms import FormLimits, read_form
 from producer_api.models import Job
 from producer_api.settings import ApiSettings
-from producer_api.validation import ImageLimits, UploadRejected, ValidatedUpload, validate_upload
+from producer_api.validation import ImageLimits, UploadRejected, ValidatedUpload
 
 
 def body_limit(settings: ApiSettings, max_files: int) -> int:
@@ -47,8 +48,10 @@ def limit_body(request: Request, max_bytes: int) -> Request:
     return Request(request.scope, receive)
 
 
-async def receive_images(request: Request, settings: ApiSettings, max_files: int) -> list[ValidatedUpload]:
-    """Every `file` part of the request, validated; `UploadRejected` naming the first bad one."""
+async def receive_images(request: Request, services: Services, max_files: int) -> list[ValidatedUpload]:
+    """Every `file` part of the request, validated (on the validation threads, off the event loop);
+    `UploadRejected` naming the first bad one."""
+    settings = services.settings
     max_body = body_limit(settings, max_files)
     check_content_length(request, max_body)
     form = await read_form(request, FormLimits(max_files, settings.max_image_bytes, max_body))
@@ -57,7 +60,7 @@ async def receive_images(request: Request, settings: ApiSettings, max_files: int
     if not parts:
         raise UploadRejected(400, "no_file", "send the image(s) as multipart/form-data parts named 'file'")
     limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.accepted_formats)
-    return [validate_upload(part.filename, part.data, limits) for part in parts]
+    return await services.validator.validate_all([(part.filename, part.data) for part in parts], limits)
 
 
 def to_events(uploads: list[ValidatedUpload], settings: ApiSettings) -> list[ImageEvent]:

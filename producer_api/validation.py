@@ -7,13 +7,16 @@ the detected format; the client's Content-Type and file extension are never trus
 
 from __future__ import annotations
 
+import asyncio
 import io
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from pipeline_core.errors import PipelineError
+from producer_api.image_structure import MAX_FRAMES, TooComplex, check_structure
 
 MAX_FILENAME_CHARS = 120
 FALLBACK_FILENAME = "upload"
@@ -102,11 +105,44 @@ def validate_upload(raw_filename: str | None, data: bytes, limits: ImageLimits) 
     return ValidatedUpload(data, filename, CONTENT_TYPES[image_format], width, height)
 
 
+class ValidationPool:
+    """Validation on a few worker threads, so that a costly upload never holds the event loop (health checks
+    and every other request keep being answered while it is parsed). The concurrency cap of the HTTP server
+    bounds the queue in front of the threads."""
+
+    def __init__(self, threads: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="validate")
+
+    async def validate_all(
+        self, files: list[tuple[str | None, bytes]], limits: ImageLimits
+    ) -> list[ValidatedUpload]:
+        """Every file validated in order on one thread; `UploadRejected` for the first bad one."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _validate_all, files, limits)
+
+    def close(self) -> None:
+        """Stop the threads; validations not started yet are dropped (their requests are ending anyway)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _validate_all(files: list[tuple[str | None, bytes]], limits: ImageLimits) -> list[ValidatedUpload]:
+    return [validate_upload(name, data, limits) for name, data in files]
+
+
 def _inspect(data: bytes, limits: ImageLimits, filename: str) -> tuple[str, int, int]:
+    try:
+        check_structure(data)
+    except TooComplex as e:
+        raise UploadRejected(400, "too_complex", f"the image is too costly to read: {e}", filename) from e
     try:
         with Image.open(io.BytesIO(data), formats=limits.formats) as image:
             image_format, (width, height) = str(image.format), image.size
             _check_size(width, height, limits, filename)
+            if image_format == "WEBP" and getattr(image, "n_frames", 1) > MAX_FRAMES:
+                # libwebp has demuxed the whole file by now: the count costs nothing more.
+                raise UploadRejected(
+                    400, "too_complex", f"an animation of more than {MAX_FRAMES} frames", filename
+                )
             image.verify()
     except UnidentifiedImageError:
         raise _unsupported_or_garbage(data, limits, filename) from None

@@ -8,6 +8,7 @@ import threading
 
 import uvicorn
 
+from pipeline_core.serving import serve
 from pipeline_core.startup import load_settings
 from results_sink.app import create_app
 from results_sink.settings import SinkSettings
@@ -31,15 +32,14 @@ def main() -> int:
         if server is not None:
             server.should_exit = True
 
-    config = uvicorn.Config(
+    server = serve(
         create_app(settings, on_fatal=on_consumer_death),
-        host=settings.sink_host,
-        port=settings.sink_port,
-        log_config=None,  # keep the one log format configure_logging set up
+        settings,
+        settings.sink_host,
+        settings.sink_port,
         # Longer than the streams' own grace, so they end cooperatively before uvicorn cancels them.
-        timeout_graceful_shutdown=int(settings.uvicorn_graceful_shutdown_s),
+        settings.uvicorn_graceful_shutdown_s,
     )
-    server = uvicorn.Server(config)
     server.run()
     if consumer_died.is_set():
         logger.error("exiting with status 1: the results consumer died")

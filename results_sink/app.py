@@ -74,7 +74,13 @@ def create_app(settings: SinkSettings, on_fatal: Callable[[], None] | None = Non
     # docs_url=None: install_common serves /docs from the bundled Swagger UI files, not from a CDN.
     app = FastAPI(title="Results sink", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
-    install_common(app, settings)
+    install_common(app, settings, streams=is_event_stream)
     app.include_router(health)
     app.include_router(create_router(settings))
     return app
+
+
+def is_event_stream(path: str) -> bool:
+    """The SSE routes (`/v1/events`, `/v1/results/{id}/events`): capped by MAX_SSE_CONNECTIONS, not by the
+    request concurrency cap, since each stays open for minutes."""
+    return path.endswith("/events")

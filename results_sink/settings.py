@@ -37,6 +37,13 @@ class SinkSettings(WebSettings):
         le=1_000_000,
         description="Streams above this many (all clients) get 503 and Retry-After.",
     )
+    max_connections: int = Field(
+        12_000,
+        ge=1,
+        le=1_000_000,
+        description="Open connections above this many get 503 + Retry-After on their first request, closed. "
+        "Each event stream holds one: keep it above MAX_SSE_CONNECTIONS.",
+    )
     max_sse_streams_per_client: int = Field(
         1_000,
         ge=1,
@@ -81,6 +88,11 @@ class SinkSettings(WebSettings):
         if self.sse_ping_interval_s >= self.sse_stream_timeout_s:
             raise ValueError(
                 "SSE_PING_INTERVAL_S must be shorter than SSE_STREAM_TIMEOUT_S, or no ping is ever sent"
+            )
+        if self.max_connections <= self.max_sse_connections:
+            raise ValueError(
+                f"MAX_CONNECTIONS ({self.max_connections}) must be above MAX_SSE_CONNECTIONS "
+                f"({self.max_sse_connections}): every event stream holds a connection"
             )
         return self
 

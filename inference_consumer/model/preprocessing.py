@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from pipeline_core.errors import ImageDecodeError
 
@@ -41,12 +41,17 @@ RESNET50_SPEC = ImageSpec(224, 224, "caffe")
 
 
 def preprocess(data: bytes, spec: ImageSpec, *, draft: bool = True) -> np.ndarray:
-    """Decode one image and return a (height, width, 3) float32 array ready for the model."""
+    """Decode one image and return a (height, width, 3) float32 array ready for the model.
+
+    The image is shrunk to about twice the size the model needs before any mode conversion, so that an odd
+    mode (16-bit, float, palette, CMYK) costs a conversion of a small image, not of a full-size one.
+    """
     with _open(data) as image:
         if draft:
             _draft(image, spec)
         try:
-            rgb = _to_rgb(_oriented(image))
+            orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+            rgb = _to_rgb(_oriented(_shrink(image, spec), orientation))
             resized = _crop_resize(rgb, spec)
         except Image.DecompressionBombError as e:
             raise ImageDecodeError(f"image too large to decode safely ({e})") from e
@@ -94,17 +99,54 @@ def _draft(image: Image.Image, spec: ImageSpec) -> None:
     """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when that leaves enough pixels for the crop."""
     if image.format not in ("JPEG", "MPO"):
         return
-    fraction = spec.crop_fraction or 1.0
     # Both sides of the draft stay >= this, so the crop (or plain resize) never upsamples a draft.
-    side = math.ceil(max(spec.width, spec.height) / fraction)
+    side = _needed_side(spec)
     image.draft(None, (side, side))
 
 
-def _oriented(image: Image.Image) -> Image.Image:
-    orientation = image.getexif().get(_ORIENTATION_TAG, 1)
-    if orientation in (2, 3, 4, 5, 6, 7, 8):
-        return ImageOps.exif_transpose(image)
-    return image
+def _needed_side(spec: ImageSpec) -> int:
+    """The short side an image needs so that the crop, resized to the model's input, is never upsampled."""
+    return math.ceil(max(spec.width, spec.height) / (spec.crop_fraction or 1.0))
+
+
+def _shrink(image: Image.Image, spec: ImageSpec) -> Image.Image:
+    """The image shrunk by a whole factor while its short side stays at least twice what the model needs.
+
+    `reduce` averages boxes of pixels (no aliasing) in the image's own mode; palette and 1-bit images, which it
+    does not take, are sampled (their colours are few and flat anyway); 16-bit greyscale, which neither takes,
+    is strided as an array.
+    """
+    factor = min(image.size) // (2 * _needed_side(spec))
+    if factor < 2:
+        return image
+    if image.mode in ("P", "1"):
+        width, height = image.size
+        return image.resize((width // factor, height // factor), Image.Resampling.NEAREST)
+    if image.mode in _UINT16_ORDER:
+        # The raw pixels viewed as an array and strided: no float copy of the full image.
+        width, height = image.size
+        raw = np.frombuffer(image.tobytes(), dtype=_UINT16_ORDER[image.mode]).reshape(height, width)
+        return Image.fromarray(np.ascontiguousarray(raw[::factor, ::factor], dtype=np.uint16))
+    return image.reduce(factor)
+
+
+_UINT16_ORDER = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2"}
+# EXIF orientation to the transposition that shows the picture upright (as ImageOps.exif_transpose does).
+_TRANSPOSITIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _oriented(image: Image.Image, orientation: object) -> Image.Image:
+    # The orientation is read before shrinking: a reduced copy does not keep TIFF's tags.
+    method = _TRANSPOSITIONS.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -124,7 +166,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     """16/32-bit integer or float greyscale to 8-bit: 16-bit range /257, 0..1 floats x255, else min-max."""
-    pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    # float32: the image is already shrunk, and 8-bit output needs no more precision than that.
+    pixels = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     if image.mode == "F" and low >= 0.0 and high <= 1.0:
         pixels = pixels * 255.0

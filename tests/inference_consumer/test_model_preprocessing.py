@@ -152,3 +152,33 @@ def test_caffe_scaling_matches_keras_resnet50(cat: Image.Image) -> None:
     data = encode(cat, "PNG")
     resized = np.asarray(cat.resize((224, 224), Image.Resampling.BILINEAR), dtype=np.float32)
     np.testing.assert_allclose(preprocess(data, RESNET50_SPEC), preprocess_input(resized.copy()), atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["F", "I", "I;16", "CMYK", "P", "RGBA"])
+def test_odd_modes_cost_memory_for_a_small_image_not_a_full_size_one(mode: str) -> None:
+    """A 4-megapixel image of an odd mode is shrunk before it is converted: the Python-side allocations
+    (numpy arrays, converted copies) stay well under one float64 copy of the full image, where the earlier code
+    made three. (16-bit greyscale is the largest: Pillow hands over its raw pixels, 2 bytes each, as a joined
+    list of chunks, so twice, before they are strided.)"""
+    import tracemalloc
+
+    side = 2048
+    gradient = np.linspace(0, 255, side * side, dtype=np.float32).reshape(side, side)
+    if mode == "F":
+        image = Image.fromarray(gradient / 255.0, "F")
+    elif mode == "I":
+        image = Image.fromarray(gradient.astype(np.int32), "I")
+    elif mode == "I;16":
+        image = Image.fromarray(gradient.astype(np.uint16) * 257)
+    else:
+        image = Image.fromarray(gradient.astype(np.uint8), "L").convert(mode)
+    data = encode(image, "TIFF") if mode != "P" else encode(image, "PNG")
+    full_float64 = side * side * 8
+    tracemalloc.start()
+    try:
+        pixels = preprocess(data, SPEC)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert pixels.shape == (224, 224, 3)
+    assert peak < full_float64 * 0.6, f"{mode}: {peak} bytes traced at peak for a {side}x{side} image"

@@ -37,7 +37,7 @@ def test_uploads_past_the_backlog_limit_get_429_with_retry_after(api_settings_fa
 
 
 def test_shedding_off_accepts_everything(api_settings_factory) -> None:  # type: ignore[no-untyped-def]
-    settings: ApiSettings = api_settings_factory(max_backlog_images=0)
+    settings: ApiSettings = api_settings_factory(max_backlog_images=0, max_queue_wait_s=0)
     with AppClient(create_app(settings)) as client:
         for _ in range(5):
             assert client.post("/v1/images", files=files(4)).status_code == 202

@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 
 from kafka_local import free_port
 from pipeline_core.events import PredictionEvent, ScoredLabelModel, Timings
+from pipeline_core.serving import serve
 from results_sink.app import create_app
 from results_sink.settings import SinkSettings
 
@@ -54,15 +54,8 @@ class SinkServer:
         self.settings = settings
         self.app: FastAPI = create_app(settings)
         self.port = free_port()
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
-        self.server = uvicorn.Server(config)
+        # The services' own server set-up (timeouts, connection and request caps), as in production.
+        self.server = serve(self.app, settings, "127.0.0.1", self.port, 2)
         self.thread = threading.Thread(target=self.server.run, name="sink-uvicorn", daemon=True)
 
     @property

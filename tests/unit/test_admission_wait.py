@@ -1,0 +1,59 @@
+"""Admission by expected wait: the logic on measured numbers (the broker-backed tests are in
+tests/producer_api/test_admission.py, the load runs in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from producer_api.admission import Admission, OverloadedError
+from producer_api.settings import ApiSettings
+
+
+def admission(**settings: object) -> Admission:
+    return Admission(ApiSettings(**settings))  # type: ignore[arg-type]
+
+
+def test_until_the_throughput_is_known_only_the_count_limit_applies() -> None:
+    gate = admission(max_queue_wait_s=0.5, max_backlog_images=10)
+    assert math.isnan(gate.expected_wait_s(1))
+    gate.admitted(9)
+    gate.check(1)
+    with pytest.raises(OverloadedError) as refused:
+        gate.check(2)
+    assert refused.value.retry_after_s >= 1
+
+
+def test_uploads_that_would_wait_too_long_are_refused_with_when_to_come_back() -> None:
+    gate = admission(max_queue_wait_s=0.5, max_backlog_images=1000)
+    gate._learn_throughput(elapsed_s=1.0, done=20, backlog_before=100)  # busy: 20 images/s
+    assert gate.throughput == 20
+    gate.admitted(9)  # 9 waiting: one more waits 0.5 s
+    gate.check(1)
+    gate.admitted(11)  # 20 waiting: one more would wait 1.05 s
+    with pytest.raises(OverloadedError) as refused:
+        gate.check(1)
+    assert "would wait 1.1 s" in str(refused.value)
+    assert refused.value.retry_after_s == 1  # 0.55 s over the limit, rounded up
+    gate.admitted(200)
+    with pytest.raises(OverloadedError) as refused:
+        gate.check(1)
+    assert refused.value.retry_after_s == math.ceil((221 / 20) - 0.5)
+
+
+def test_idle_progress_does_not_lower_the_throughput() -> None:
+    gate = admission()
+    gate._learn_throughput(elapsed_s=1.0, done=40, backlog_before=100)
+    gate._learn_throughput(elapsed_s=1.0, done=2, backlog_before=2)  # all the work there was: not capacity
+    gate._learn_throughput(elapsed_s=1.0, done=0, backlog_before=0)
+    assert gate.throughput == 40
+    gate._learn_throughput(elapsed_s=1.0, done=20, backlog_before=100)  # slower while busy: it counts
+    assert gate.throughput == pytest.approx(35)
+
+
+def test_both_limits_off_admit_everything() -> None:
+    gate = admission(max_queue_wait_s=0, max_backlog_images=0)
+    gate._learn_throughput(elapsed_s=1.0, done=1, backlog_before=10)
+    gate.admitted(10_000)
+    gate.check(100)
