@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -145,6 +146,9 @@ class RequestGuard:
         except _InFlightExceeded:
             if not response_started:
                 await _send_json(send, 503, _busy("too many upload bytes in flight"), close=True)
+        except ClientDisconnect:
+            # The client went away mid-body (a load generator stopping, a closed tab): nobody to answer.
+            logger.debug("client disconnected during %s %s", scope["method"], scope["path"])
         finally:
             self.requests -= int(metered)
             body.release()

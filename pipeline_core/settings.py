@@ -244,11 +244,12 @@ class WebSettings(PipelineSettings):
         description="Open connections above this many get 503 + Retry-After on their first request, closed.",
     )
     max_concurrent_requests: int = Field(
-        256,
+        64,
         ge=1,
         le=1_000_000,
         description="Requests in progress above this many get 503 + Retry-After before their body is read "
-        "(event streams have caps of their own).",
+        "(event streams have caps of their own). It bounds the time a request queues inside the process: "
+        "at a few ms of CPU each, 64 is a fraction of a second on one core.",
     )
     max_body_bytes_in_flight: int = Field(
         256 * 1024 * 1024,

@@ -56,7 +56,12 @@ class PipelineUser(HttpUser):
 
     @task(1)
     def page(self) -> None:
-        self.client.get("/", name="GET /")
+        with self.client.get("/", name="GET /", catch_response=True) as response:
+            if response.status_code == 503 and response.headers.get("Retry-After"):
+                response.success()  # the server's request cap, on purpose: shed, not failed
+                self._fire("shed (429/503)", time.perf_counter(), None)
+            elif response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}")
 
     @task(3)
     def classify(self) -> None:
@@ -69,7 +74,7 @@ class PipelineUser(HttpUser):
         with self.client.post(
             "/v1/images", files=files, headers=HEADERS, name="POST /v1/images", catch_response=True
         ) as response:
-            if response.status_code in (429, 503):
+            if response.status_code in (429, 503) and response.headers.get("Retry-After"):
                 response.success()  # load shed on purpose, with Retry-After: counted below, not a failure
                 self._fire("shed (429/503)", started, None)
                 return
