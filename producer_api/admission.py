@@ -65,8 +65,13 @@ class Admission:
         return self._throughput
 
     def expected_wait_s(self, images: int) -> float:
-        """How long `images` more would wait behind the backlog (nan while the throughput is unknown)."""
-        return (self.backlog + images) / self._throughput if self._throughput > 0 else math.nan
+        """How long the last of `images` more would wait before a consumer takes it: the images ahead of it
+        divided by the throughput (nan while the throughput is unknown). Nothing ahead is no wait at all,
+        however slow the consumers last were, so an idle system always admits (and learns again)."""
+        ahead = self.backlog + images - 1
+        if ahead <= 0:
+            return 0.0
+        return ahead / self._throughput if self._throughput > 0 else math.nan
 
     def check(self, images: int) -> None:
         """Raise `OverloadedError` if admitting `images` more would pass the wait or backlog limit."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 from PIL import Image
 
 from launcher.system import System
@@ -31,6 +32,7 @@ STREAMS_PER_CLIENT = 20
 FILES_PER_REQUEST = 2
 IN_FLIGHT = 24 * 1024 * 1024  # just over one largest request (2 x (10 MiB + framing))
 SLOW_CLIENTS = 300
+MAX_WAIT_S = 0.5
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,6 +45,7 @@ def system(system_factory) -> System:  # type: ignore[no-untyped-def]
         MAX_SSE_STREAMS_PER_CLIENT=str(STREAMS_PER_CLIENT),
         MAX_FILES_PER_REQUEST=str(FILES_PER_REQUEST),
         MAX_BODY_BYTES_IN_FLIGHT=str(IN_FLIGHT),
+        MAX_QUEUE_WAIT_S=str(MAX_WAIT_S),  # the default, which the suites' other systems turn off
     )
     return started
 
@@ -284,3 +287,57 @@ def test_an_empty_or_short_key_stops_each_service_at_start_naming_it(key: str, t
         assert "API_KEY" in done.stderr + done.stdout
         if key:
             assert key not in done.stderr + done.stdout, "the refused key itself was printed"
+
+
+def test_a_burst_past_the_consumers_throughput_is_shed_and_the_accepted_wait_little(
+    system: System, client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    """12 clients that upload two photos, follow them by SSE to their results and upload again at once: far
+    more than one consumer classifies. What is accepted keeps a short round trip; the rest gets 429."""
+    trips: list[float] = []
+    refused: list[str | None] = []
+
+    def round_trip(c: httpx.Client) -> float | None:
+        sent = time.monotonic()
+        files = [("file", (f"p{k}.jpg", photos["chelsea"])) for k in range(FILES_PER_REQUEST)]
+        response = c.post(f"{system.api_url}/v1/images", files=files)
+        if response.status_code != 202:
+            assert response.status_code == 429, response.text
+            refused.append(response.headers.get("Retry-After"))
+            return None
+        ids = [job["id"] for job in response.json()["jobs"]]
+        url = f"{system.sink_url}/v1/events?ids={','.join(ids)}"
+        with connect_sse(c, "GET", url) as source:
+            results = [event for event in source.iter_sse() if event.event == "result"]
+        assert len(results) == len(ids)
+        return time.monotonic() - sent
+
+    with httpx.Client(headers={"X-API-Key": KEY}, timeout=60) as c:
+        idle_round_trip = round_trip(c)
+    assert idle_round_trip is not None
+
+    def burst() -> None:
+        with httpx.Client(headers={"X-API-Key": KEY}, timeout=60) as c:
+            for _ in range(15):
+                trip = round_trip(c)
+                if trip is not None:
+                    trips.append(trip)
+                else:
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=burst) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trips.sort()
+    p99 = trips[min(len(trips) - 1, int(len(trips) * 0.99))]
+    print(
+        f"\nburst: {len(trips)} uploads accepted, {len(refused)} shed with 429; accepted round trip "
+        f"p50 {statistics.median(trips):.2f} s, p99 {p99:.2f} s, max {trips[-1]:.2f} s "
+        f"(idle round trip {idle_round_trip:.2f} s)"
+    )
+    assert refused, "nothing was shed: the burst did not pass the consumers' throughput"
+    assert all(retry and int(retry) >= 1 for retry in refused)
+    # The wait admission allows, plus the idle round trip, with room for the measures' lag and noise.
+    assert p99 < 4 * (idle_round_trip + MAX_WAIT_S), trips[-5:]

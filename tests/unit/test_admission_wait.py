@@ -17,7 +17,7 @@ def admission(**settings: object) -> Admission:
 
 def test_until_the_throughput_is_known_only_the_count_limit_applies() -> None:
     gate = admission(max_queue_wait_s=0.5, max_backlog_images=10)
-    assert math.isnan(gate.expected_wait_s(1))
+    assert math.isnan(gate.expected_wait_s(2))  # one ahead of the second, at an unknown pace
     gate.admitted(9)
     gate.check(1)
     with pytest.raises(OverloadedError) as refused:
@@ -31,15 +31,15 @@ def test_uploads_that_would_wait_too_long_are_refused_with_when_to_come_back() -
     assert gate.throughput == 20
     gate.admitted(9)  # 9 waiting: one more waits 0.5 s
     gate.check(1)
-    gate.admitted(11)  # 20 waiting: one more would wait 1.05 s
+    gate.admitted(11)  # 20 waiting: one more would wait 1.0 s
     with pytest.raises(OverloadedError) as refused:
         gate.check(1)
-    assert "would wait 1.1 s" in str(refused.value)
-    assert refused.value.retry_after_s == 1  # 0.55 s over the limit, rounded up
+    assert "would wait 1.0 s" in str(refused.value)
+    assert refused.value.retry_after_s == 1  # 0.5 s over the limit, rounded up
     gate.admitted(200)
     with pytest.raises(OverloadedError) as refused:
         gate.check(1)
-    assert refused.value.retry_after_s == math.ceil((221 / 20) - 0.5)
+    assert refused.value.retry_after_s == math.ceil((220 / 20) - 0.5)
 
 
 def test_idle_progress_does_not_lower_the_throughput() -> None:
@@ -57,3 +57,18 @@ def test_both_limits_off_admit_everything() -> None:
     gate._learn_throughput(elapsed_s=1.0, done=1, backlog_before=10)
     gate.admitted(10_000)
     gate.check(100)
+
+
+def test_an_empty_backlog_admits_however_slow_the_consumers_last_were() -> None:
+    # The consumers stalled (a restart) while images waited: the throughput fell near zero. Once the backlog is
+    # worked off, an upload must be admitted, or the API would shed for ever and never measure again.
+    gate = admission(max_queue_wait_s=0.5)
+    gate._learn_throughput(elapsed_s=1.0, done=20, backlog_before=100)
+    for _ in range(30):
+        gate._learn_throughput(elapsed_s=1.0, done=0, backlog_before=100)
+    assert gate.throughput < 0.1
+    gate.check(1)
+    assert gate.expected_wait_s(1) == 0
+    gate.admitted(1)
+    with pytest.raises(OverloadedError):
+        gate.check(1)
