@@ -37,8 +37,10 @@ class OverloadedError(PipelineError):
         self.retry_after_s = retry_after_s
 
 
-# Weight of the newest throughput sample: about the last eight measures count.
-_SMOOTHING = 0.25
+# The throughput is the rate over the last few busy measures, and the slowly decaying peak of that rate.
+_WINDOW = 8
+_MIN_WINDOW_S = 1.0
+_DECAY = 0.99
 MAX_RETRY_AFTER_S = 30
 
 
@@ -51,6 +53,7 @@ class Admission:
         self._backlog = 0
         self._accepted_since_measure = 0
         self._throughput = math.nan  # images/s the group works off while busy; nan until seen
+        self._busy: list[tuple[float, int]] = []  # (seconds, records committed) of the last busy measures
         self._admin: KafkaAdminClient | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -139,15 +142,27 @@ class Admission:
             await asyncio.sleep(interval)
 
     def _learn_throughput(self, elapsed_s: float, done: int, backlog_before: int) -> None:
-        # Only while the group had work the whole time does its progress say how fast it can go; idle, it
-        # says only how fast images arrived.
-        if elapsed_s <= 0 or done < 0 or backlog_before <= done:
+        """Fold one measure into the throughput: the rate over the last busy seconds, and the peak of those
+        rates, decaying slowly, as what the consumers can do.
+
+        Only intervals that began with work count: idle, progress says how fast images arrived, not how fast
+        they can go. The rate is taken over several intervals because committed offsets advance in steps (a
+        transaction's worth at a time), and the peak because a light load shows less than the consumers can
+        do (they batch what waits): the estimate stays near the capacity last seen, and falls if the
+        consumers stay slower (a half-life of about a minute of busy measures).
+        """
+        if elapsed_s <= 0 or done < 0 or backlog_before <= 0:
             return
-        sample = done / elapsed_s
+        self._busy.append((elapsed_s, done))
+        del self._busy[:-_WINDOW]
+        window_s = sum(elapsed for elapsed, _ in self._busy)
+        if window_s < _MIN_WINDOW_S and not math.isnan(self._throughput):
+            return
+        rate = sum(count for _, count in self._busy) / window_s
         if math.isnan(self._throughput):
-            self._throughput = sample
+            self._throughput = rate
         else:
-            self._throughput += _SMOOTHING * (sample - self._throughput)
+            self._throughput = max(rate, self._throughput * _DECAY)
 
     async def _drop_admin(self) -> None:
         # A fresh client next time, rather than one that keeps reconnecting to a broker that is gone.

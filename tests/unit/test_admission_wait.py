@@ -42,14 +42,26 @@ def test_uploads_that_would_wait_too_long_are_refused_with_when_to_come_back() -
     assert refused.value.retry_after_s == math.ceil((220 / 20) - 0.5)
 
 
-def test_idle_progress_does_not_lower_the_throughput() -> None:
+def test_idle_progress_does_not_lower_the_throughput_and_a_slower_busy_spell_lowers_it_slowly() -> None:
     gate = admission()
     gate._learn_throughput(elapsed_s=1.0, done=40, backlog_before=100)
-    gate._learn_throughput(elapsed_s=1.0, done=2, backlog_before=2)  # all the work there was: not capacity
-    gate._learn_throughput(elapsed_s=1.0, done=0, backlog_before=0)
     assert gate.throughput == 40
-    gate._learn_throughput(elapsed_s=1.0, done=20, backlog_before=100)  # slower while busy: it counts
-    assert gate.throughput == pytest.approx(35)
+    gate._learn_throughput(elapsed_s=1.0, done=0, backlog_before=0)  # idle: says nothing of capacity
+    assert gate.throughput == 40
+    for _ in range(10):  # the consumers work at half that pace while they have work
+        gate._learn_throughput(elapsed_s=1.0, done=20, backlog_before=100)
+    assert 20 < gate.throughput < 40
+    for _ in range(200):
+        gate._learn_throughput(elapsed_s=1.0, done=20, backlog_before=100)
+    assert gate.throughput == pytest.approx(20)
+
+
+def test_commits_in_steps_are_averaged_over_the_window() -> None:
+    # Exactly-once commits a transaction's worth at a time: 0, 0, 30, 0, 0, 30 ... per quarter second.
+    gate = admission()
+    for step in range(16):
+        gate._learn_throughput(elapsed_s=0.25, done=30 if step % 3 == 2 else 0, backlog_before=50)
+    assert gate.throughput == pytest.approx(40, rel=0.2)
 
 
 def test_both_limits_off_admit_everything() -> None:
@@ -63,8 +75,8 @@ def test_an_empty_backlog_admits_however_slow_the_consumers_last_were() -> None:
     # The consumers stalled (a restart) while images waited: the throughput fell near zero. Once the backlog is
     # worked off, an upload must be admitted, or the API would shed for ever and never measure again.
     gate = admission(max_queue_wait_s=0.5)
-    gate._learn_throughput(elapsed_s=1.0, done=20, backlog_before=100)
-    for _ in range(30):
+    gate._learn_throughput(elapsed_s=1.0, done=1, backlog_before=100)
+    for _ in range(1000):
         gate._learn_throughput(elapsed_s=1.0, done=0, backlog_before=100)
     assert gate.throughput < 0.1
     gate.check(1)
