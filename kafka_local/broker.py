@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pipeline_core.errors import BrokerUnavailableError, DependencyMissingError
 
@@ -87,8 +87,8 @@ def free_port() -> int:
         return port
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
-    settings = {
+def _server_properties(data_dir: Path, port: int, controller_port: int) -> dict[str, str]:
+    return {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
@@ -115,12 +115,26 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "log.cleaner.enable": "false",
         "auto.create.topics.enable": "false",
     }
-    return "".join(f"{k}={v}\n" for k, v in settings.items())
+
+
+def render_properties(properties: dict[str, str]) -> str:
+    """A `server.properties` file's text."""
+    return "".join(f"{k}={v}\n" for k, v in properties.items())
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id (Kafka's own ids never start with "-": the format tool would read one as an option)."""
+    return "k" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
 
 
 @dataclass
 class LocalBroker:
-    """One KRaft broker+controller process on 127.0.0.1, with its data in `data_dir`."""
+    """One KRaft broker+controller process on 127.0.0.1, with its data in `data_dir`.
+
+    Alone by default (a single-node cluster); `LocalCluster` makes several of them one cluster by giving each
+    its `properties`, the shared `cluster_id`, its `format_args` and the `admin_config` its readiness check
+    connects with.
+    """
 
     data_dir: Path
     port: int = 9092
@@ -128,16 +142,22 @@ class LocalBroker:
     heap: str = "512m"
     cache_dir: Path = DEFAULT_CACHE
     log_file: Path | None = None
+    properties: dict[str, str] | None = None
+    cluster_id: str | None = None
+    format_args: tuple[str, ...] = ("--standalone",)
+    admin_config: dict[str, Any] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _started_at: float = field(default=0.0, init=False, repr=False)
 
     @property
     def bootstrap_servers(self) -> str:
         """The host:port clients connect to."""
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 60.0) -> LocalBroker:
-        """Format the store if new, start the broker, and return once it answers requests."""
+    def start(self, timeout_s: float = 60.0, *, wait: bool = True) -> LocalBroker:
+        """Format the store if new, start the broker, and return once it answers requests (at once when
+        `wait` is false: the nodes of a cluster serve only once a majority of them runs)."""
         java = _require("java", "openjdk-17-jre-headless")
         lib = ensure_jars(self.cache_dir)
         for port in (self.port, self.controller_port):
@@ -148,7 +168,8 @@ class LocalBroker:
                 )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
-        props.write_text(_server_properties(self.data_dir, self.port, self.controller_port))
+        properties = self.properties or _server_properties(self.data_dir, self.port, self.controller_port)
+        props.write_text(render_properties(properties))
         classpath = f"{lib}/*"
         if not (self.data_dir / "log" / "meta.properties").exists():
             self._format(java, classpath, props)
@@ -169,27 +190,35 @@ class LocalBroker:
             "kafka.Kafka",
             str(props),
         ]
-        log_path = self.log_file or self.data_dir / "broker.log"
-        self._log = log_path.open("ab")
-        started = time.monotonic()
+        self._log = self.log_path.open("ab")
+        self._started_at = time.monotonic()
         # A new session: Ctrl-C in a terminal reaches our supervisor, which stops the broker last, in order.
         self._process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        self._wait_until_serving(timeout_s, log_path)
+        if wait:
+            self.wait_until_serving(timeout_s)
+        return self
+
+    @property
+    def log_path(self) -> Path:
+        """Where the broker's output goes."""
+        return self.log_file or self.data_dir / "broker.log"
+
+    def wait_until_serving(self, timeout_s: float = 60.0) -> None:
+        """Return once the broker answers a metadata request; `BrokerUnavailableError` if it exits or times out."""
+        self._wait_until_serving(timeout_s, self.log_path)
         logger.info(
             "Kafka %s broker serving at %s after %.1f s (data %s, log %s)",
             KAFKA_VERSION,
             self.bootstrap_servers,
-            time.monotonic() - started,
+            time.monotonic() - self._started_at,
             self.data_dir,
-            log_path,
+            self.log_path,
         )
-        return self
 
     def _format(self, java: str, classpath: str, props: Path) -> None:
-        # Kafka's own ids never start with "-": the format tool would read one as an option.
-        cluster_id = "k" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
+        cluster_id = self.cluster_id or new_cluster_id()
         result = subprocess.run(
             [
                 java,
@@ -197,7 +226,7 @@ class LocalBroker:
                 classpath,
                 "kafka.tools.StorageTool",
                 "format",
-                "--standalone",
+                *self.format_args,
                 "-t",
                 cluster_id,
                 "-c",
@@ -228,7 +257,7 @@ class LocalBroker:
                 try:
                     # A metadata round trip, not just an open port: the broker answers only once it is ready.
                     admin = KafkaAdminClient(
-                        bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000
+                        bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000, **self.admin_config
                     )
                     admin.list_topics()
                     admin.close()
@@ -240,6 +269,12 @@ class LocalBroker:
         raise BrokerUnavailableError(
             f"the Kafka broker did not serve within {timeout_s:.0f} s; see {log_path}"
         )
+
+    def signal_stop(self) -> None:
+        """Ask the broker to stop (SIGTERM) without waiting: the nodes of a cluster stop together, or the last
+        ones wait for a quorum that is gone."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop the broker with SIGTERM (a controlled shutdown), SIGKILL if it does not exit in time."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka_local.broker import LocalBroker, free_port
+from kafka_local.cluster import LocalCluster, Security
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +24,29 @@ KAFKA_IMAGE = "apache/kafka:4.1.1"
 
 @contextmanager
 def provide_broker(
-    data_dir: Path, *, try_docker: bool, port: int | None = None, controller_port: int | None = None
-) -> Iterator[tuple[str, LocalBroker | None]]:
-    """Yield `(bootstrap_servers, local_broker_or_None)` by the rule above; stop what it started on exit."""
+    data_dir: Path,
+    *,
+    try_docker: bool,
+    port: int | None = None,
+    controller_port: int | None = None,
+    brokers: int = 1,
+    security: Security = "PLAINTEXT",
+) -> Iterator[tuple[str, LocalBroker | LocalCluster | None]]:
+    """Yield `(bootstrap_servers, what_was_started_or_None)` by the rule above; stop what it started on exit.
+
+    `brokers` > 1 or a secured `security` asks for a jar-launched `LocalCluster` (never a container)."""
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if existing:
         logger.info("using the Kafka cluster at %s (KAFKA_BOOTSTRAP_SERVERS)", existing)
         yield existing, None
+        return
+    if brokers > 1 or security != "PLAINTEXT":
+        first = port or free_port()
+        cluster = LocalCluster(
+            data_dir, brokers, security, ports=[first + n if port else free_port() for n in range(brokers)]
+        )
+        with cluster:
+            yield cluster.bootstrap_servers, cluster
         return
     if try_docker:
         started = _start_container()

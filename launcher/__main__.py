@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+from kafka_local.broker import LocalBroker
+from kafka_local.cluster import ADMIN, SERVICE_USERS, LocalCluster
 from kafka_local.provision import provide_broker
 from launcher.settings import LauncherSettings
 from launcher.supervisor import Supervisor
@@ -29,18 +31,26 @@ def main() -> int:
     started = time.monotonic()
     data_dir = settings.data_dir.resolve()
     try:
+        brokers, security = settings.local_kafka_brokers, settings.local_kafka_security
+        single = brokers == 1 and security == "PLAINTEXT"
         with provide_broker(
-            data_dir / "kafka",
+            data_dir / ("kafka" if single else f"kafka-{brokers}-{security.lower()}"),
             try_docker=False,
             port=settings.local_kafka_port,
             controller_port=settings.local_kafka_controller_port,
-        ) as (bootstrap, _local):
+            brokers=brokers,
+            security=security,
+        ) as (bootstrap, local):
+            env, role_env = cluster_env(local)
             system = System(
                 bootstrap,
                 data_dir,
                 settings.api_port,
                 settings.sink_port,
                 settings.inference_consumers,
+                env=env,
+                role_env=role_env,
+                grant_acls=isinstance(local, LocalCluster) and local.security != "PLAINTEXT",
                 stop_timeout_s=settings.service_stop_timeout_s,
             )
             try:
@@ -53,6 +63,19 @@ def main() -> int:
     except PipelineError as e:
         logger.error("%s", e)
         return 1
+
+
+def cluster_env(
+    local: LocalBroker | LocalCluster | None,
+) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The settings a system gets from the local cluster: the launcher's own (as `admin`), and each
+    service's credentials (none on a plaintext cluster, or on one the launcher did not start)."""
+    if not isinstance(local, LocalCluster):
+        return {}, {}
+    services = (
+        {user: local.client_env(user) for user in SERVICE_USERS} if local.security != "PLAINTEXT" else {}
+    )
+    return local.client_env(ADMIN), services
 
 
 def _supervise(system: System, stop: threading.Event, started: float) -> int:

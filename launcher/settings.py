@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -18,6 +19,18 @@ class LauncherSettings(PipelineSettings):
     local_kafka_port: int = Field(9092, ge=1, le=65535, description="Port of the jar-launched broker.")
     local_kafka_controller_port: int = Field(
         9093, ge=1, le=65535, description="Controller port of that broker."
+    )
+    local_kafka_brokers: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Nodes of the jar-launched cluster: 3 replicates every topic three times, "
+        "min.insync.replicas 2 (ports LOCAL_KAFKA_PORT and the next ones).",
+    )
+    local_kafka_security: Literal["PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="SASL_SSL: the local cluster requires TLS and SCRAM-SHA-512, one user per service with "
+        "only its ACLs; certificates and passwords are made at first start in DATA_DIR.",
     )
     data_dir: Path = Field(Path("var"), description="Broker data and the results database of `make run`.")
     service_stop_timeout_s: float = Field(20.0, gt=0, description="How long each service may take to stop.")

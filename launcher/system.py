@@ -21,6 +21,7 @@ from kafka import KafkaAdminClient
 
 from kafka_local import free_port
 from launcher.processes import Service
+from pipeline_core.acls import grant_service_acls
 from pipeline_core.clients import wait_for_admin
 from pipeline_core.errors import PipelineError
 from pipeline_core.settings import PipelineSettings
@@ -56,6 +57,10 @@ class System:
     consumers: int = 2
     env: Mapping[str, str] = field(default_factory=dict)
     out: IO[str] = field(default=sys.stdout)
+    # Per role (`api`, `inference`, `sink`): what only that service gets, e.g. its own Kafka credentials.
+    role_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # On a cluster with an authorizer: grant each service its ACLs (pipeline_core.acls) after the topics.
+    grant_acls: bool = False
     stop_timeout_s: float = 20.0
     services: dict[str, Service] = field(default_factory=dict, init=False)
     consumer_metrics_ports: dict[str, int] = field(default_factory=dict, init=False)
@@ -127,6 +132,9 @@ class System:
         admin = wait_for_admin(self.settings(), "launcher")
         try:
             ensure_topics(admin, pipeline_topics(self.settings()))
+            if self.grant_acls:
+                count = grant_service_acls(admin, self.settings())
+                logger.info("granted the services their %d ACLs (pipeline_core/acls.py)", count)
         finally:
             admin.close()
 
@@ -141,6 +149,8 @@ class System:
             # A stable instance id makes a stable transactional id: the restarted consumer fences the one it
             # replaces, and aborts the transaction that one left open at once instead of after its timeout.
             env = env | {"METRICS_PORT": str(port), "CONSUMER_INSTANCE_ID": name}
+        role = {"producer_api": "api", "results_sink": "sink"}.get(module, "inference")
+        env = env | dict(self.role_env.get(role, {}))
         service = Service(name, [sys.executable, "-m", module], env, colour=colour)
         service.start(self.out)
         self.services[name] = service

@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 from collections import defaultdict
 from typing import Any
 
@@ -13,7 +14,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.partitioner import Partitioner
 
-from pipeline_core.errors import BrokerUnavailableError
+from pipeline_core.errors import BrokerUnavailableError, KafkaAccessError
 from pipeline_core.kafka_client import partition_names
 from pipeline_core.kafka_python_client import KafkaPythonConsumer, KafkaPythonProducer, translate
 from pipeline_core.retry import retry_call
@@ -47,6 +48,13 @@ def _common(settings: PipelineSettings, role: str) -> dict[str, Any]:
         config["sasl_plain_username"] = settings.kafka_sasl_username
         assert settings.kafka_sasl_password is not None  # guaranteed by the settings validator
         config["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_cafile:
+        config["ssl_cafile"] = settings.kafka_ssl_cafile
+    if settings.kafka_ssl_certfile:
+        config["ssl_certfile"] = settings.kafka_ssl_certfile
+        config["ssl_keyfile"] = settings.kafka_ssl_keyfile
+    if settings.kafka_ssl_key_password:
+        config["ssl_password"] = settings.kafka_ssl_key_password.get_secret_value()
     return config
 
 
@@ -110,10 +118,20 @@ def wait_for_admin(settings: PipelineSettings, role: str, timeout_s: float | Non
     """An admin client, once the broker answers; retries with logged attempts, then gives up."""
     timeout = timeout_s if timeout_s is not None else settings.kafka_connect_timeout_s
 
+    diagnosed = False
+
     def connect() -> KafkaAdminClient:
+        nonlocal diagnosed
         try:
             return create_admin(settings, role)
         except KafkaError as e:
+            # Once, at the first failure: a refused certificate or password will not pass on a retry.
+            reason = None if diagnosed else diagnose_connection(settings)
+            diagnosed = True
+            if reason is not None:
+                raise KafkaAccessError(
+                    f"{role}: cannot use Kafka at {settings.kafka_bootstrap_servers}: {reason}"
+                ) from e
             raise BrokerUnavailableError(
                 f"Kafka at {settings.kafka_bootstrap_servers}: {type(e).__name__}"
             ) from e
@@ -125,6 +143,77 @@ def wait_for_admin(settings: PipelineSettings, role: str, timeout_s: float | Non
             f"no Kafka broker answered at {settings.kafka_bootstrap_servers} within {timeout:.0f} s "
             "(set KAFKA_BOOTSTRAP_SERVERS, or start the local broker with `make run`)"
         ) from e
+
+
+def diagnose_connection(settings: PipelineSettings, timeout_s: float = 3.0) -> str | None:
+    """Why the first bootstrap server cannot be used with these settings, naming the setting to change; None
+    when nothing listens there (the broker may be starting) or the TLS set-up is fine.
+
+    kafka-python reports a refused TLS handshake, or plaintext sent to a TLS listener, only as a broker that
+    never answers; one handshake of our own tells which it is.
+    """
+    host, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
+    try:
+        raw = socket.create_connection((host, int(port)), timeout=timeout_s)
+    except OSError:
+        return None
+    with raw:
+        uses_tls = settings.kafka_security_protocol.endswith("SSL")
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if not uses_tls:
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        try:
+            with context.wrap_socket(raw, server_hostname=host):
+                pass
+        except ssl.SSLCertVerificationError as e:
+            trusted = settings.kafka_ssl_cafile or "the system's CAs"
+            return (
+                f"the broker's TLS certificate is not trusted ({e.verify_message}); KAFKA_SSL_CAFILE must name "
+                f"the CA that signed it (now: {trusted})"
+            )
+        except (ssl.SSLError, OSError) as e:
+            if uses_tls:
+                return (
+                    f"the broker did not complete a TLS handshake ({type(e).__name__}): it may not speak TLS; "
+                    f"KAFKA_SECURITY_PROTOCOL is {settings.kafka_security_protocol}"
+                )
+            return None
+        if not uses_tls:
+            return (
+                f"the broker speaks TLS, but KAFKA_SECURITY_PROTOCOL is {settings.kafka_security_protocol}: "
+                "use SSL or SASL_SSL (and KAFKA_SSL_CAFILE for its CA)"
+            )
+    return _sasl_refusal(settings) if settings.kafka_sasl_mechanism else None
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _sasl_refusal(settings: PipelineSettings) -> str | None:
+    """The broker's answer to our credentials, if it refused them. kafka-python logs a refused SASL
+    authentication at each bootstrap attempt and then reports only that it could not bootstrap; one attempt
+    here, with its log collected, tells the two apart."""
+    collect = _Collect()
+    network = logging.getLogger("kafka.net")
+    network.addHandler(collect)
+    try:
+        create_admin(settings, "diagnosis", request_timeout_ms=3000).close()
+    except KafkaError:
+        pass
+    finally:
+        network.removeHandler(collect)
+    if any("SaslAuthenticationFailed" in message for message in collect.messages):
+        return (
+            f"the broker refused the credentials of KAFKA_SASL_USERNAME={settings.kafka_sasl_username!r} "
+            f"with KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism}: check KAFKA_SASL_PASSWORD"
+        )
+    return None
 
 
 def create_consumer_client(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -44,6 +44,18 @@ class PipelineSettings(BaseSettings):
     )
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    kafka_ssl_cafile: str | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates, with an SSL or SASL_SSL "
+        "protocol (unset: the system's CAs).",
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="PEM client certificate, for brokers that authenticate clients by TLS (mTLS)."
+    )
+    kafka_ssl_keyfile: str | None = Field(None, description="PEM private key of KAFKA_SSL_CERTFILE.")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of KAFKA_SSL_KEYFILE when it is encrypted (never logged)."
+    )
     kafka_client_id_prefix: str = Field("image-classifier", description="Start of every Kafka client id.")
     kafka_connect_timeout_s: float = Field(
         60.0, gt=0, description="How long to retry a broker that is not up yet."
@@ -58,6 +70,13 @@ class PipelineSettings(BaseSettings):
     topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions of a topic the services create.")
     topic_replication_factor: int = Field(
         1, ge=1, le=10, description="Replicas of a topic the services create."
+    )
+    topic_min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=10,
+        description="`min.insync.replicas` of a topic the services create (unset: the broker's default). With "
+        "acks=all, a write succeeds once this many replicas have it: 2 of 3 survives one broker's loss.",
     )
     topic_images_retention_ms: int = Field(
         24 * 3600 * 1000,
@@ -135,6 +154,41 @@ class PipelineSettings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"KAFKA_BOOTSTRAP_SERVERS: {server!r} is not host:port")
         return value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _readable_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        name = str(info.field_name).upper()
+        try:
+            with open(value, "rb") as pem:
+                head = pem.read(64 * 1024)
+        except OSError as e:
+            raise ValueError(f"{name}: cannot read {value!r} ({e.strerror})") from None
+        if b"-----BEGIN " not in head:
+            raise ValueError(f"{name}: {value!r} is not a PEM file")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_is_consistent(self) -> PipelineSettings:
+        tls_files = self.kafka_ssl_cafile or self.kafka_ssl_certfile or self.kafka_ssl_keyfile
+        if tls_files and not self.kafka_security_protocol.endswith("SSL"):
+            raise ValueError(
+                "KAFKA_SSL_* files are set but KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol}: use SSL or SASL_SSL, or unset them"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together: set both or neither")
+        if (
+            self.topic_min_insync_replicas is not None
+            and self.topic_min_insync_replicas > self.topic_replication_factor
+        ):
+            raise ValueError(
+                f"TOPIC_MIN_INSYNC_REPLICAS ({self.topic_min_insync_replicas}) is above "
+                f"TOPIC_REPLICATION_FACTOR ({self.topic_replication_factor}): no write could ever succeed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sasl_is_complete(self) -> PipelineSettings:

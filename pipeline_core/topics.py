@@ -34,7 +34,12 @@ class TopicSpec:
 
 def pipeline_topics(settings: PipelineSettings) -> list[TopicSpec]:
     """Every topic of the pipeline. Image topics hold records as large as the largest accepted upload."""
-    large = {"max.message.bytes": str(settings.max_record_bytes)}
+    replicas = (
+        {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+        if settings.topic_min_insync_replicas
+        else {}
+    )
+    large = replicas | {"max.message.bytes": str(settings.max_record_bytes)}
     rf = settings.topic_replication_factor
     parts = settings.topic_partitions
     images = large | {"retention.ms": str(settings.topic_images_retention_ms)}
@@ -42,8 +47,8 @@ def pipeline_topics(settings: PipelineSettings) -> list[TopicSpec]:
     return [
         TopicSpec(settings.topic_images, parts, rf, images),
         TopicSpec(settings.topic_dead_letter, 1, rf, dead_letters),
-        TopicSpec(settings.topic_predictions, parts, rf, {}),
-        TopicSpec(settings.topic_feedback, 1, rf, {}),
+        TopicSpec(settings.topic_predictions, parts, rf, replicas),
+        TopicSpec(settings.topic_feedback, 1, rf, replicas),
     ]
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from pipeline_core.clients import RoundRobinPartitioner, create_admin, create_producer
+from pipeline_core.clients import RoundRobinPartitioner, create_admin, create_producer, diagnose_connection
 from pipeline_core.errors import BrokerUnavailableError
 from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import ensure_topics, pipeline_topics
@@ -77,9 +77,10 @@ def connect(settings: PipelineSettings) -> Connection:
             partitioner=RoundRobinPartitioner(),
         )
     except KafkaError as e:
-        raise BrokerUnavailableError(
-            f"Kafka at {settings.kafka_bootstrap_servers} did not answer: {e}"
-        ) from e
+        # A refused certificate or password reads, to kafka-python, as a broker that does not answer: say which
+        # setting is wrong (in the log and in /readyz), and keep retrying, as for a broker that is down.
+        reason = diagnose_connection(settings) or f"did not answer: {e}"
+        raise BrokerUnavailableError(f"Kafka at {settings.kafka_bootstrap_servers}: {reason}") from e
     try:
         admin = create_admin(settings, "api")
     except KafkaError as e:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -65,3 +67,28 @@ def test_settings_are_frozen() -> None:
     settings = make()
     with pytest.raises(ValidationError):
         settings.topic_partitions = 3  # type: ignore[misc]
+
+
+def test_tls_files_are_checked_at_start_naming_the_setting(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    not_pem = tmp_path / "ca.der"
+    not_pem.write_bytes(b"\x30\x82\x01\x00")
+    secured = {"kafka_security_protocol": "SSL"}
+    with pytest.raises(ValidationError, match="KAFKA_SSL_CAFILE: cannot read"):
+        make(**secured, kafka_ssl_cafile=str(tmp_path / "missing.pem"))
+    with pytest.raises(ValidationError, match=r"KAFKA_SSL_CAFILE: .* is not a PEM file"):
+        make(**secured, kafka_ssl_cafile=str(not_pem))
+    with pytest.raises(ValidationError, match="KAFKA_SECURITY_PROTOCOL is PLAINTEXT"):
+        make(kafka_ssl_cafile=str(ca))
+    with pytest.raises(ValidationError, match="KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together"):
+        make(**secured, kafka_ssl_certfile=str(ca))
+    assert make(**secured, kafka_ssl_cafile=str(ca)).kafka_ssl_cafile == str(ca)
+    hidden = make(**secured, kafka_ssl_cafile=str(ca), kafka_ssl_key_password="hunter2").public_dict()
+    assert hidden["kafka_ssl_key_password"] == "***"
+
+
+def test_min_insync_replicas_cannot_pass_the_replication_factor() -> None:
+    with pytest.raises(ValidationError, match="TOPIC_MIN_INSYNC_REPLICAS"):
+        make(topic_replication_factor=1, topic_min_insync_replicas=2)
+    assert make(topic_replication_factor=3, topic_min_insync_replicas=2).topic_min_insync_replicas == 2
