@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kafka_local.broker import DEFAULT_CACHE, LocalBroker, _server_properties, free_port, new_cluster_id
-from kafka_local.tls import TlsFiles, ensure_tls
+from kafka_local.tls import TlsFiles, ensure_tls, write_private
 from pipeline_core.errors import BrokerUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -51,9 +50,7 @@ class Credentials:
             return cls(dict(data["passwords"]))
         made = cls({user: secrets.token_urlsafe(18) for user in (ADMIN, *SERVICE_USERS)})
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump({"passwords": made.passwords}, out)
+        write_private(path, json.dumps({"passwords": made.passwords}).encode())
         return made
 
 

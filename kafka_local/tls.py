@@ -91,12 +91,13 @@ def ensure_tls(folder: Path) -> TlsFiles:
     # Not encrypted: Java 17 reads no PKCS#8 encryption that `cryptography` writes (PBES2), and the key's
     # protection is the file's mode, as for the SCRAM passwords beside it.
     key = broker_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write_private(files.broker, key + broker_cert.public_bytes(pem) + ca_cert.public_bytes(pem))
+    write_private(files.broker, key + broker_cert.public_bytes(pem) + ca_cert.public_bytes(pem))
     files.ca.write_bytes(ca_cert.public_bytes(pem))
     return files
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write `path` readable and writable by this user only (keys, passwords)."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as out:
         out.write(data)

@@ -32,14 +32,17 @@ class TooComplex(ValueError):
 
 def check_structure(data: bytes) -> None:
     """Raise `TooComplex` if the file has more segments, chunks, scans, frames or tags than the caps allow."""
-    if data.startswith(b"\xff\xd8"):
-        _check_jpeg(data)
-    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
-        _check_png(data)
-    elif data.startswith((b"GIF87a", b"GIF89a")):
-        _check_gif(data)
-    elif data.startswith((b"II*\x00", b"MM\x00*")):
-        _check_tiff(data)
+    try:
+        if data.startswith(b"\xff\xd8"):
+            _check_jpeg(data)
+        elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+            _check_png(data)
+        elif data.startswith((b"GIF87a", b"GIF89a")):
+            _check_gif(data)
+        elif data.startswith((b"II*\x00", b"MM\x00*")):
+            _check_tiff(data)
+    except (struct.error, IndexError):
+        return  # a field cut off by the end of the file: truncated, which Pillow reports as damaged
 
 
 def _check_jpeg(data: bytes) -> None:

@@ -20,7 +20,7 @@ import pytest
 from httpx_sse import connect_sse
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
-from support import predictions_on_topic
+from support import predictions_on_topic, wait_by_polling
 
 from kafka_local.cluster import ADMIN, SERVICE_USERS, LocalCluster
 from kafka_local.tls import ensure_tls
@@ -119,15 +119,6 @@ class Load:
             thread.join(150)
 
 
-def wait_result(system: System, job: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=system.sink_url, timeout=10) as sink:
-        while (response := sink.get(f"/v1/results/{job}")).status_code != 200:
-            assert time.monotonic() < deadline, f"job {job} not done within {timeout_s} s"
-            time.sleep(0.1)
-    assert response.json()["status"] == "done", response.text
-
-
 def leader_of_most_partitions(cluster: LocalCluster, topics: list[str]) -> int:
     admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers, **cluster.client_config(ADMIN))
     try:
@@ -203,9 +194,10 @@ def test_the_pipeline_runs_on_the_secured_cluster_with_replicated_topics(
     with httpx.Client(base_url=system.api_url, timeout=30) as client:
         response = client.post("/v1/images", files=[("file", ("chelsea.jpg", photos["chelsea"]))])
     assert response.status_code == 202, response.text
-    job = response.json()["jobs"][0]["id"]
-    wait_result(system, job)
-    assert predictions_on_topic(system.settings(), {job})[job] == 1
+    job = response.json()["jobs"][0]
+    with httpx.Client(timeout=10) as sink:
+        assert wait_by_polling(sink, job["result_url"].replace("localhost", "127.0.0.1"))["status"] == "done"
+    assert predictions_on_topic(system.settings(), {job["id"]})[job["id"]] == 1
 
 
 def test_kill_9_the_leader_of_most_partitions_under_load(
