@@ -125,7 +125,10 @@ class RequestGuard:
             await _send_json(send, 503, _busy("too many requests in progress"), close=False)
             return
         declared = _content_length(scope)
-        if declared is not None and self.body_bytes + declared > self.limits.max_body_bytes_in_flight:
+        budget = self.limits.max_body_bytes_in_flight
+        # A body larger than the whole budget never fits: the route's own size limit answers it (413), not a
+        # 503 that would have the client retry for ever.
+        if declared is not None and declared <= budget and self.body_bytes + declared > budget:
             await _send_json(send, 503, _busy("too many upload bytes in flight"), close=False)
             return
         self.requests += int(metered)
