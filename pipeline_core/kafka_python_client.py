@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 # with InvalidProducerEpochError rather than ProducerFencedError.
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
 COMMITTED_TIMEOUT_MS = 5_000  # reading committed offsets waits for pending transactional ones; bounded
+# Longer than a validation round trip to a live leader takes, shorter than a stall anyone would wait out.
+VALIDATION_STALL_S = 10.0
 
 
 def translate(error: KafkaError, doing: str) -> PipelineError:
@@ -98,6 +101,7 @@ class KafkaPythonConsumer:
 
     def __init__(self, consumer: KafkaConsumer) -> None:
         self._consumer = consumer
+        self._validating_since: dict[Any, float] = {}  # kafka-python partition -> when it began to wait
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         self._consumer.subscribe(list(topics), listener=_Listener(listener))
@@ -114,7 +118,38 @@ class KafkaPythonConsumer:
                 raise BrokerUnavailableError(f"poll: {type(e).__name__}: {e}", retriable=True) from e
             raise translate(e, "poll") from e
         self._drop_pending_parse_error(None)
+        self._unstick_offset_validation()
         return [_record(r) for batch in polled.values() for r in batch]
+
+    def _unstick_offset_validation(self) -> None:
+        """kafka-python 3.0.12 validates a partition's position against a new leader (KIP-320) before fetching it
+        again, in a background task; after a broker was killed and restarted that task was seen to wait for
+        ever on a request the dead connection never answered, and the partitions it held stopped being fetched
+        (5 minutes, until a rolling restart reset the connections; a sink missed four results). A position
+        that has waited `VALIDATION_STALL_S` is sought again as a bare offset, which kafka-python fetches at
+        once. Validation guards against a log truncated by an unclean leader election, which acks=all with
+        min.insync.replicas >= 2 and no unclean election rule out."""
+        subscription = getattr(self._consumer, "_subscription", None)  # private: see the docstring
+        assignment = getattr(subscription, "assignment", None)
+        if not isinstance(assignment, dict):
+            return
+        now = time.monotonic()
+        for tp, state in list(assignment.items()):
+            if not getattr(state, "awaiting_validation", False) or state.position is None:
+                self._validating_since.pop(tp, None)
+                continue
+            since = self._validating_since.setdefault(tp, now)
+            if now - since >= VALIDATION_STALL_S:
+                logger.warning(
+                    "%s[%d] waited %.0f s for its offset validation after a leader change; fetching it again "
+                    "from offset %d",
+                    tp.topic,
+                    tp.partition,
+                    now - since,
+                    state.position.offset,
+                )
+                self._consumer.seek(tp, state.position.offset)
+                self._validating_since.pop(tp, None)
 
     def _drop_pending_parse_error(self, raised: KafkaError | None) -> None:
         """kafka-python 3.0.12 returns the records before one it cannot parse (a header key that is not UTF-8, which

@@ -29,6 +29,7 @@ from pipeline_core.settings import PipelineSettings
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
+STREAM_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,10 @@ def system(
         free_port(),
         free_port(),
         consumers=2,
-        env=isolated_env(name) | {"LOG_LEVEL": "INFO"} | cluster.client_env(ADMIN),
+        # A result that does not come within a minute is a stall, not a pause: the streams give up then.
+        env=isolated_env(name)
+        | {"LOG_LEVEL": "INFO", "SSE_STREAM_TIMEOUT_S": str(STREAM_TIMEOUT_S)}
+        | cluster.client_env(ADMIN),
         role_env={user: cluster.client_env(user) for user in SERVICE_USERS},
         grant_acls=True,
         out=log,
@@ -75,6 +79,9 @@ class Load:
         self.photo = photo
         self.stop = threading.Event()
         self.trips: dict[str, tuple[float, float]] = {}  # job id -> (sent, result seen)
+        self.missing: list[
+            str
+        ] = []  # accepted, and no result before the stream gave up (SSE_STREAM_TIMEOUT_S)
         self.statuses: Counter[int] = Counter()
         self.refusals: list[tuple[int, str | None]] = []
         self.errors: list[str] = []
@@ -103,6 +110,8 @@ class Load:
                         if event.event == "result":
                             self.trips[job] = (sent, time.monotonic())
                             break
+                if job not in self.trips:
+                    self.missing.append(job)
 
     @property
     def accepted(self) -> set[str]:
@@ -170,6 +179,7 @@ def pause_report(load: Load, window: tuple[float, float]) -> str:
 def check_nothing_lost_or_doubled(system: System, load: Load) -> None:
     ids = load.accepted
     assert ids, "no upload was accepted"
+    assert not load.missing, f"{len(load.missing)} accepted uploads got no result within {STREAM_TIMEOUT_S} s"
     assert not load.errors, load.errors[:3]
     bad = {status: n for status, n in load.statuses.items() if status not in (202, 429, 503)}
     assert not bad, f"answers other than 202/429/503: {bad}"
