@@ -107,6 +107,11 @@ class ConsumerClient(Protocol):
         """Records behind the end of each assigned partition, from what the client already knows."""
         ...
 
+    def readable(self, timeout_s: float) -> dict[TopicPartition, int]:
+        """Records each assigned partition has between its position and its end (the last stable offset, for
+        a read_committed reader), asked of the brokers now rather than remembered from the last fetch."""
+        ...
+
     def close(self) -> None:
         """Leave the group and release the connections; commits nothing."""
         ...

@@ -175,6 +175,20 @@ class KafkaPythonConsumer:
             ) as e:  # no longer assigned, or no answer: the next assignment or poll fetches anew
                 logger.debug("%s not re-fetched: %s", tp, e)
 
+    def readable(self, timeout_s: float) -> dict[TopicPartition, int]:
+        partitions = sorted(self._consumer.assignment())
+        timeout_ms = int(timeout_s * 1000)
+        try:
+            ends = self._consumer.end_offsets(partitions, timeout_ms=timeout_ms)
+            positions = {tp: self._consumer.position(tp, timeout_ms=timeout_ms) for tp in partitions}
+        except KafkaError as e:
+            raise translate(e, "reading end offsets") from e
+        return {
+            TopicPartition(tp.topic, tp.partition): max(0, ends[tp] - position)
+            for tp, position in positions.items()
+            if position is not None and tp in ends
+        }
+
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
         kafka_offsets = {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
         try:

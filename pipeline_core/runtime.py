@@ -141,6 +141,12 @@ class RuntimeConfig:
     # the coordinator does not abort a transaction this consumer is still waiting on.
     checkpoint_timeout_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
+    # Polls that return nothing this long while the brokers say there is something to read are a stalled
+    # client, not an idle topic (see `_watch_for_a_stall`).
+    stall_check_s: float = 30.0
+
+
+_STALL_QUERY_TIMEOUT_S = 5.0
 
 
 class _RetryBatch(Exception):
@@ -182,6 +188,8 @@ class ConsumerRuntime:
         self._failures = 0  # consecutive failed attempts at the batch in hand
         self._poisoned: dict[tuple[str, int, int], str] = {}  # records whose outputs the broker refused
         self._rewind_pending: set[TopicPartition] = set()
+        self._empty_since: float | None = None  # since when polls have returned nothing
+        self._stalled_checks = 0
         self._raw: dict[tuple[str, int, int], RawRecord] = {}  # the batch in hand as polled, by coordinates
         self._bare_dead_letters: set[tuple[str, int, int]] = set()  # records whose full copy was refused
         self._fenced: deque[float] = deque()  # when this consumer's producer was last fenced
@@ -227,6 +235,10 @@ class ConsumerRuntime:
             timeout_s=c.connect_timeout_s,
             stopping=self._stopping,
         )
+        self._connect_consumer()
+
+    def _connect_consumer(self) -> None:
+        c = self.config
         consumer = retry_call(
             self._consumer_factory,
             f"{c.role}: creating the consumer",
@@ -310,6 +322,8 @@ class ConsumerRuntime:
         self.last_poll = time.monotonic()
         if not records:
             self._committer.maybe_commit()
+            if self._watch_for_a_stall(consumer):
+                return
             if self._after_turn is not None:
                 self._after_turn(consumer, False)
             return
@@ -320,6 +334,7 @@ class ConsumerRuntime:
             return
         if self._after_turn is not None:
             self._after_turn(consumer, True)
+        self._empty_since, self._stalled_checks = None, 0
         self._failures = 0
         self.state = "consuming"
         for r in records:
@@ -563,6 +578,63 @@ class ConsumerRuntime:
         if self._producer is not None:
             _quietly(lambda: self._producer.close(0), "closing the failed producer")  # type: ignore[union-attr]
             self._producer = None
+
+    def _watch_for_a_stall(self, consumer: ConsumerClient) -> bool:
+        """After `stall_check_s` of empty polls, ask the brokers whether the assigned partitions have records to
+        read; if they have, the client has stalled (kafka-python 3.0.12 was seen to stop fetching partitions
+        for minutes after a broker was killed, while its polls went on returning nothing). First remedy: fetch
+        those partitions again from the committed offsets. Second, a check later: a new consumer, which leaves
+        and rejoins the group. Returns True when the consumer was replaced (the turn ends there)."""
+        now = time.monotonic()
+        if not self._assignment or self._empty_since is None:
+            self._empty_since = now
+            return False
+        if now - self._empty_since < self.config.stall_check_s:
+            return False
+        idle_s, self._empty_since = now - self._empty_since, now
+        try:
+            waiting = {
+                tp: n
+                for tp, n in consumer.readable(_STALL_QUERY_TIMEOUT_S).items()
+                if n and tp in self._assignment
+            }
+        except PipelineError as e:
+            logger.debug("%s: stall check not answered: %s", self.config.role, describe(e))
+            return False
+        if not waiting:
+            self._stalled_checks = 0
+            return False
+        self._stalled_checks += 1
+        self.stats.retries += 1
+        names = partition_names(waiting)
+        if self._stalled_checks == 1:
+            logger.warning(
+                "%s: polls returned nothing for %.0f s while %s have %d records to read; fetching them again",
+                self.config.role,
+                idle_s,
+                names,
+                sum(waiting.values()),
+            )
+            self._rewind_pending |= set(waiting)
+            return False
+        logger.warning(
+            "%s: %s still not fetched after fetching them again; replacing the consumer (it rejoins the group)",
+            self.config.role,
+            names,
+        )
+        self._stalled_checks = 0
+        self._replace_consumer()
+        return True
+
+    def _replace_consumer(self) -> None:
+        old, self._consumer = self._consumer, None
+        if old is not None:
+            if self._committer is not None:
+                _quietly(self._committer.commit, "committing before replacing the consumer")
+            _quietly(old.close, "closing the stalled consumer")
+        self._assignment = frozenset()
+        self._rewind_pending.clear()
+        self._connect_consumer()
 
     def _rewind_to_committed(self, consumer: ConsumerClient) -> None:
         partitions = self._rewind_pending & set(self._assignment)

@@ -40,6 +40,7 @@ class FakeConsumer:
         self.positions: dict[TopicPartition, int] = {}
         self.closed = False
         self.fail_polls = 0  # this many polls raise BrokerUnavailableError first
+        self.stuck = False  # polls return nothing whatever there is to read (a client's internal stall)
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         tps = {TopicPartition(t, p) for t in topics for p in range(self.broker.partitions)}
@@ -55,6 +56,8 @@ class FakeConsumer:
             self.fail_polls -= 1
             raise BrokerUnavailableError("fake broker away")
         out: list[RawRecord] = []
+        if self.stuck:
+            return out
         for tp in sorted(self.positions):
             log = self.broker.logs[tp]
             while self.positions[tp] < len(log) and len(out) < max_records:
@@ -82,6 +85,9 @@ class FakeConsumer:
 
     def lag(self) -> dict[TopicPartition, int]:
         return {tp: len(self.broker.logs[tp]) - pos for tp, pos in self.positions.items()}
+
+    def readable(self, timeout_s: float) -> dict[TopicPartition, int]:
+        return self.lag()
 
     def close(self) -> None:
         self.closed = True

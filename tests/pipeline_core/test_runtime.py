@@ -6,6 +6,7 @@ broker is tested through the services (tests/inference_consumer, tests/results_s
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -336,3 +337,39 @@ def test_hostile_records_never_stop_the_runtime_and_every_record_is_accounted_fo
     assert all(size(r) <= 3_000 for r in broker.read(OUT) + broker.read(DLQ)), (
         "no output over its topic's limit"
     )
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_a_stalled_client_is_fetched_again_then_replaced_and_nothing_is_lost(exactly_once: bool) -> None:
+    """A client whose polls return nothing while the brokers hold records for it (kafka-python after a broker's
+    kill): after `stall_check_s` the partitions are fetched again from the committed offsets, and a check later
+    the consumer is replaced; every record is then handled once."""
+    broker = FakeBroker()
+    runtime, made = make_runtime(broker, EchoHandler(), exactly_once=exactly_once)
+    runtime.config = dataclasses.replace(runtime.config, stall_check_s=0.05)
+    feed(broker, [b"a", b"b"])
+    stalled = []
+
+    def stall_then_done() -> bool:
+        if not stalled and committed_all(broker):
+            made["consumers"][0].stuck = True  # from here on its polls return nothing
+            feed(broker, [f"late{n}".encode() for n in range(6)])
+            stalled.append(time.monotonic())
+            return False
+        return bool(stalled) and committed_all(broker)
+
+    run_until(runtime, stall_then_done)
+    assert len(made["consumers"]) == 2, "the stuck one, and its replacement"
+    assert made["consumers"][0].closed
+    outputs = sorted(r.value for r in broker.read(OUT))
+    assert outputs == sorted([b"A", b"B", *(f"LATE{n}".encode() for n in range(6))])
+
+
+def test_an_idle_topic_is_not_a_stall() -> None:
+    broker = FakeBroker()
+    runtime, made = make_runtime(broker, EchoHandler(), exactly_once=True)
+    runtime.config = dataclasses.replace(runtime.config, stall_check_s=0.02)
+    feed(broker, [b"a"])
+    started = time.monotonic()
+    run_until(runtime, lambda: committed_all(broker) and time.monotonic() - started > 0.3)
+    assert len(made["consumers"]) == 1, "nothing to read is no reason to replace a consumer"
