@@ -143,7 +143,7 @@ class RuntimeConfig:
     backoff: Backoff = field(default_factory=Backoff)
     # Polls that return nothing this long while the brokers say there is something to read are a stalled
     # client, not an idle topic (see `_watch_for_a_stall`).
-    stall_check_s: float = 30.0
+    stall_check_s: float = 15.0
 
 
 _STALL_QUERY_TIMEOUT_S = 5.0
