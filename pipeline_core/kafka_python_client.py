@@ -177,10 +177,15 @@ class KafkaPythonConsumer:
 
     def readable(self, timeout_s: float) -> dict[TopicPartition, int]:
         partitions = sorted(self._consumer.assignment())
-        timeout_ms = int(timeout_s * 1000)
+        # One deadline for the whole question, not one per partition: the runtime's loop waits on it.
+        deadline = time.monotonic() + timeout_s
+
+        def left_ms() -> int:
+            return max(1, int((deadline - time.monotonic()) * 1000))
+
         try:
-            ends = self._consumer.end_offsets(partitions, timeout_ms=timeout_ms)
-            positions = {tp: self._consumer.position(tp, timeout_ms=timeout_ms) for tp in partitions}
+            ends = self._consumer.end_offsets(partitions, timeout_ms=left_ms())
+            positions = {tp: self._consumer.position(tp, timeout_ms=left_ms()) for tp in partitions}
         except KafkaError as e:
             raise translate(e, "reading end offsets") from e
         return {

@@ -46,6 +46,7 @@ API_KEY_PARAM = "api_key"
 CSP_HEADER = "Content-Security-Policy"
 DOCS_URL = "/docs"
 DOCS_ASSETS_URL = "/docs/assets"
+LIVENESS_PATH = "/healthz"
 
 # Every response that sets no policy of its own (JSON, event streams, files) may load nothing and be framed
 # nowhere: nothing the services answer besides their pages is meant to be rendered by a browser.
@@ -139,11 +140,18 @@ def install_common(
     app: FastAPI, settings: WebSettings, *, streams: Callable[[str], bool] = lambda _path: False
 ) -> None:
     """The request guard, CORS, security headers, JSON errors, an access log without keys, and (as set) docs
-    and metrics. `streams` tells the long-lived event-stream paths, which the concurrency cap leaves out."""
+    and metrics. `streams` tells the long-lived event-stream paths, which the concurrency cap leaves out (as it
+    does `/healthz`)."""
     # No slash redirects: a path with a forged id ending in `/` gets a 404, not a 307 to another route.
     app.router.redirect_slashes = False
     # Added first, so innermost of these: its 503s and 408s still get CORS and the security headers.
-    app.add_middleware(RequestGuard, limits=ServingLimits.of(settings), unmetered=streams)
+    # Liveness stays answerable under any load: a probe that got 503 "busy" would have the orchestrator restart
+    # a process that is only busy.
+    app.add_middleware(
+        RequestGuard,
+        limits=ServingLimits.of(settings),
+        unmetered=lambda path: path == LIVENESS_PATH or streams(path),
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -67,6 +67,7 @@ class Server:
             return JSONResponse({"received": len(await request.body())})
 
         @app.get("/ping")
+        @app.get("/healthz")
         async def ping() -> JSONResponse:
             return JSONResponse({"ok": True})
 
@@ -220,6 +221,8 @@ def test_requests_past_the_concurrency_cap_get_503_before_their_body_is_read(ser
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["error"] == "busy"
         assert refused.headers["X-Content-Type-Options"] == "nosniff"  # the common headers still apply
+        assert httpx.get(f"{server.url}/ping", timeout=5).status_code == 503
+        assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200, "liveness is never shed"
         # Event streams have caps of their own: the request cap leaves them out.
         stream = threading.Thread(target=client.get, args=("/v1/events",))
         stream.start()
