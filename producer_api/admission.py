@@ -69,11 +69,14 @@ class Admission:
 
     def expected_wait_s(self, images: int) -> float:
         """How long the last of `images` more would wait before a consumer takes it: the images ahead of it
-        divided by the throughput (nan while the throughput is unknown). Nothing ahead is no wait at all,
-        however slow the consumers last were, so an idle system always admits (and learns again)."""
-        ahead = self.backlog + images - 1
-        if ahead <= 0:
+        divided by the throughput (nan while the throughput is unknown). An empty backlog is no wait at all,
+        however slow the consumers last were and however many images the upload brings (up to the API's
+        MAX_FILES): an idle system always admits, and so measures the consumers again. Judging an upload
+        by its own images on an idle system would shed every multi-image upload for ever after one slow
+        spell, since nothing would be admitted to correct the estimate."""
+        if self.backlog <= 0:
             return 0.0
+        ahead = self.backlog + images - 1
         return ahead / self._throughput if self._throughput > 0 else math.nan
 
     def check(self, images: int) -> None:

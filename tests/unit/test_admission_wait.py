@@ -17,8 +17,10 @@ def admission(**settings: object) -> Admission:
 
 def test_until_the_throughput_is_known_only_the_count_limit_applies() -> None:
     gate = admission(max_queue_wait_s=0.5, max_backlog_images=10)
-    assert math.isnan(gate.expected_wait_s(2))  # one ahead of the second, at an unknown pace
-    gate.admitted(9)
+    assert gate.expected_wait_s(2) == 0  # nothing waiting: no wait, whatever the pace
+    gate.admitted(1)
+    assert math.isnan(gate.expected_wait_s(2))  # two ahead of the second, at an unknown pace
+    gate.admitted(8)
     gate.check(1)
     with pytest.raises(OverloadedError) as refused:
         gate.check(2)
@@ -84,3 +86,17 @@ def test_an_empty_backlog_admits_however_slow_the_consumers_last_were() -> None:
     gate.admitted(1)
     with pytest.raises(OverloadedError):
         gate.check(1)
+
+
+def test_an_idle_system_admits_an_upload_of_many_images_however_slow_the_consumers_last_were() -> None:
+    # A slow first spell (a model warming up) taught a low throughput; then the backlog emptied. An upload of
+    # four images must still be admitted: judged by its own images it would wait 3 / 2 = 1.5 s, be refused,
+    # and, nothing being admitted, the estimate would never rise again (CI saw a benchmark shed everything).
+    gate = admission(max_queue_wait_s=0.5, max_backlog_images=1000)
+    gate._learn_throughput(elapsed_s=1.0, done=2, backlog_before=10)
+    assert gate.throughput == 2
+    gate.check(4)
+    assert gate.expected_wait_s(4) == 0
+    gate.admitted(4)
+    with pytest.raises(OverloadedError):
+        gate.check(4)  # now 4 are ahead: 7 / 2 s
