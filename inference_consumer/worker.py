@@ -10,8 +10,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-
 from inference_consumer import metrics
 from inference_consumer.model import Classification, ImageClassifier
 from inference_consumer.settings import ConsumerSettings
@@ -182,14 +180,13 @@ class InferenceWorker:
                 s,
                 "inference",
                 group,
-                max_poll_records=s.batch_max_size,
                 # Also the JoinGroup timeout: a member whose join got lost retries after this, not after 5
                 # minutes. A batch takes well under a second, so 30 s between polls is ample.
                 max_poll_interval_ms=30_000,
                 # Partitions dealt to members in turn (0, 2, 4 and 1, 3, 5 for two), where the default gives each
                 # a block (0-2, 3-5). The API puts consecutive images on consecutive partitions, so consecutive
                 # images go to different members: an upload of four splits 2+2 instead of 3+1 two times in three.
-                partition_assignment_strategy=[RoundRobinPartitionAssignor],
+                round_robin=True,
             ),
             lambda tid: create_producer_client(s, "inference", tid),
             on_assignment=lag.on_assignment,

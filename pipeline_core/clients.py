@@ -10,12 +10,16 @@ import ssl
 from collections import defaultdict
 from typing import Any
 
+from confluent_kafka import KafkaException
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaError
 from kafka.partitioner import Partitioner
 
+from pipeline_core.confluent_client import ConfluentConsumer, ConfluentProducer
+from pipeline_core.confluent_client import translate as confluent_translate
 from pipeline_core.errors import BrokerUnavailableError, KafkaAccessError
-from pipeline_core.kafka_client import partition_names
+from pipeline_core.kafka_client import ConsumerClient, ProducerClient, partition_names
 from pipeline_core.kafka_python_client import KafkaPythonConsumer, KafkaPythonProducer, translate
 from pipeline_core.retry import retry_call
 from pipeline_core.settings import PipelineSettings
@@ -216,12 +220,72 @@ def _sasl_refusal(settings: PipelineSettings) -> str | None:
     return None
 
 
+def _librdkafka_common(settings: PipelineSettings, role: str) -> dict[str, Any]:
+    """The connection settings of `_common`, in librdkafka's names."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": f"{settings.kafka_client_id_prefix}-{role}-{socket.gethostname()}-{os.getpid()}",
+        "security.protocol": settings.kafka_security_protocol,
+        "reconnect.backoff.max.ms": 1000,  # a broker that comes back is used again within a second
+        "socket.timeout.ms": 10_000,  # also bounds a synchronous offset commit in flight
+    }
+    if settings.kafka_sasl_mechanism:
+        assert settings.kafka_sasl_password is not None  # guaranteed by the settings validator
+        config |= {
+            "sasl.mechanism": settings.kafka_sasl_mechanism,
+            "sasl.username": settings.kafka_sasl_username,
+            "sasl.password": settings.kafka_sasl_password.get_secret_value(),
+        }
+    if settings.kafka_ssl_cafile:
+        config["ssl.ca.location"] = settings.kafka_ssl_cafile
+    if settings.kafka_ssl_certfile:
+        config["ssl.certificate.location"] = settings.kafka_ssl_certfile
+        config["ssl.key.location"] = settings.kafka_ssl_keyfile
+    if settings.kafka_ssl_key_password:
+        config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+    return config
+
+
 def create_consumer_client(
-    settings: PipelineSettings, role: str, group_id: str, **overrides: Any
-) -> KafkaPythonConsumer:
-    """A runtime consumer: reads only committed records, so that aborted transactions are never seen."""
+    settings: PipelineSettings,
+    role: str,
+    group_id: str,
+    *,
+    max_poll_interval_ms: int = 300_000,
+    session_timeout_ms: int = 10_000,
+    round_robin: bool = False,
+) -> ConsumerClient:
+    """A runtime consumer on the KAFKA_CLIENT library: reads only committed records (so that aborted
+    transactions are never seen), commits only when told to, and can fetch the largest image record.
+    `round_robin` deals partitions to members in turn rather than in blocks."""
+    fetch_max = max(52_428_800, settings.max_record_bytes)
+    if settings.kafka_client == "confluent-kafka":
+        config = _librdkafka_common(settings, role) | {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "max.partition.fetch.bytes": settings.max_record_bytes,
+            "fetch.max.bytes": fetch_max,
+            "receive.message.max.bytes": fetch_max + 65_536,
+            # librdkafka prefetches into a local queue, 64 MB by default: an eighth of that keeps a consumer's
+            # memory small and still holds hundreds of images ahead of the model.
+            "queued.max.messages.kbytes": 8192,
+            "session.timeout.ms": min(session_timeout_ms, max_poll_interval_ms),  # librdkafka requires it
+            "heartbeat.interval.ms": 1_000,
+            "max.poll.interval.ms": max_poll_interval_ms,
+            "partition.assignment.strategy": "roundrobin" if round_robin else "range",
+        }
+        return ConfluentConsumer(config, role)
+    overrides: dict[str, Any] = {
+        "isolation_level": "read_committed",
+        "max_poll_interval_ms": max_poll_interval_ms,
+        "session_timeout_ms": session_timeout_ms,
+    }
+    if round_robin:
+        overrides["partition_assignment_strategy"] = [RoundRobinPartitionAssignor]
     try:
-        consumer = create_consumer(settings, role, group_id, isolation_level="read_committed", **overrides)
+        consumer = create_consumer(settings, role, group_id, **overrides)
     except KafkaError as e:
         raise translate(e, f"{role}: creating a consumer") from e
     return KafkaPythonConsumer(consumer)
@@ -229,8 +293,11 @@ def create_consumer_client(
 
 def create_producer_client(
     settings: PipelineSettings, role: str, transactional_id: str | None = None
-) -> KafkaPythonProducer:
-    """A runtime producer; with a transactional id, initialised (which fences an older one of that id)."""
+) -> ProducerClient:
+    """A runtime producer on the KAFKA_CLIENT library (`acks=all`, idempotent); with a transactional id,
+    initialised, which fences an older producer of that id."""
+    if settings.kafka_client == "confluent-kafka":
+        return _create_confluent_producer(settings, role, transactional_id)
     overrides: dict[str, Any] = {}
     if transactional_id is not None:
         overrides = {
@@ -249,3 +316,31 @@ def create_producer_client(
             producer.close(timeout=0)
             raise translate(e, f"{role}: initialising transactions as {transactional_id}") from e
     return KafkaPythonProducer(producer)
+
+
+def _create_confluent_producer(
+    settings: PipelineSettings, role: str, transactional_id: str | None
+) -> ConfluentProducer:
+    config = _librdkafka_common(settings, role) | {
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 2,
+        "message.max.bytes": settings.max_record_bytes,
+        "request.timeout.ms": 10_000,
+        "message.timeout.ms": 30_000,
+    }
+    if transactional_id is not None:
+        config |= {
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": settings.transaction_timeout_ms,
+            # A record of a transaction cannot outlive it (librdkafka requires it).
+            "message.timeout.ms": min(30_000, settings.transaction_timeout_ms),
+        }
+    producer = ConfluentProducer(config, role)
+    if transactional_id is not None:
+        try:
+            producer.producer.init_transactions(10.0)
+        except KafkaException as e:
+            producer.close(0)
+            raise confluent_translate(e, f"{role}: initialising transactions as {transactional_id}") from e
+    return producer

@@ -127,9 +127,7 @@ class SinkConsumer:
         self.runtime = ConsumerRuntime(
             config,
             self.handler,
-            lambda: create_consumer_client(
-                s, "sink", s.consumer_group_sink, max_poll_records=MAX_POLL_RECORDS
-            ),
+            lambda: create_consumer_client(s, "sink", s.consumer_group_sink),
             lambda _tid: create_producer_client(s, "sink"),
         )
         self.failure: str | None = None

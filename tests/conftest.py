@@ -48,6 +48,15 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
+
+
+@pytest.fixture(params=KAFKA_CLIENTS)
+def client_settings(request: pytest.FixtureRequest, pipeline_settings: PipelineSettings) -> PipelineSettings:
+    """`pipeline_settings` once with each Kafka client library: the contract both must keep."""
+    return pipeline_settings.model_copy(update={"kafka_client": request.param})
+
+
 @pytest.fixture
 def pipeline_settings(kafka_bootstrap: str) -> PipelineSettings:
     """Settings with this test's own topics and consumer groups, created on the broker."""

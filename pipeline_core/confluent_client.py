@@ -1,0 +1,464 @@
+"""`ConsumerClient` and `ProducerClient` on confluent-kafka (librdkafka), with its errors turned into the
+project's own.
+
+librdkafka spends about a fifth of kafka-python's CPU per record (docs/benchmarks.md), does its network work on
+threads of its own, and bounds every transactional call with a timeout of ours. What differs from kafka-python
+and is handled here:
+
+- It never fails at creation: a broker that is away, a refused password or an untrusted certificate show up
+  later, as error events. They are collected (`_Errors`) and raised from the next call the runtime makes, so
+  that a wrong setting ends the run with its name, as with kafka-python, rather than a consumer waiting for
+  ever.
+- A record's errors come as messages of their own (`Message.error()`), never as an exception from `consume`.
+- Its log lines go to Python's logging (`kafka.librdkafka`), not to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from pipeline_core.errors import (
+    BrokerUnavailableError,
+    CommitRefusedError,
+    ConfigurationError,
+    FencedError,
+    KafkaAccessError,
+    PipelineError,
+    PublishError,
+    RecordRefusedError,
+    TransactionError,
+)
+from pipeline_core.events import RawRecord, Record
+from pipeline_core.kafka_client import OutRecord, RebalanceListener, TopicPartition
+
+logger = logging.getLogger(__name__)
+librdkafka_logger = logging.getLogger("kafka.librdkafka")
+_Client = TypeVar("_Client", Consumer, Producer)
+
+COMMITTED_TIMEOUT_S = 5.0  # reading committed offsets waits for pending transactional ones; bounded
+
+# Refused credentials or certificates: a setting to change, never a broker to wait for.
+_CREDENTIALS = {KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION}
+_DENIED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+}
+# A newer producer of this transactional id exists.
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+# The group moved on: these offsets are no longer this member's to commit.
+_COMMIT_REFUSED = {
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError._ASSIGNMENT_LOST,
+}
+# librdkafka refuses a record over message.max.bytes at produce() with the broker's own code.
+_TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
+
+
+def _error_of(e: BaseException) -> KafkaError | None:
+    if isinstance(e, KafkaException) and e.args and isinstance(e.args[0], KafkaError):
+        return e.args[0]
+    return None
+
+
+def translate_error(error: KafkaError, doing: str) -> PipelineError:
+    """One librdkafka error as the project's: refused access is a configuration error, the rest a broker that
+    may come back."""
+    code = error.code()
+    if code in _CREDENTIALS:
+        return KafkaAccessError(
+            f"{doing}: the cluster refused the credentials ({error.str()}): check KAFKA_SASL_USERNAME, "
+            "KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+        )
+    if code == KafkaError._SSL:
+        return KafkaAccessError(
+            f"{doing}: TLS with the broker failed ({error.str()}): check KAFKA_SSL_CAFILE (the CA that signed "
+            "the brokers' certificates) and KAFKA_SECURITY_PROTOCOL"
+        )
+    if code in _DENIED:
+        return KafkaAccessError(
+            f"{doing}: the cluster refused this client ({error.name()}): the principal of "
+            "KAFKA_SASL_USERNAME lacks an ACL (docs/operations.md lists what each service needs)"
+        )
+    # Fatal errors (a fenced idempotent producer) cannot pass on a retry of this client; everything else is a
+    # broker that is away or busy, which the runtime waits out.
+    return BrokerUnavailableError(f"{doing}: {error.name()}: {error.str()}", retriable=not error.fatal())
+
+
+def translate(e: BaseException, doing: str) -> PipelineError:
+    """A confluent-kafka exception as the project's (see `translate_error`)."""
+    error = _error_of(e)
+    if error is None:
+        return BrokerUnavailableError(f"{doing}: {type(e).__name__}: {e}", retriable=True)
+    return translate_error(error, doing)
+
+
+class _Errors:
+    """Error events librdkafka reports from its own threads (a broker down, a refused password): access errors
+    are kept for the next call to raise, the rest logged once a minute of each kind (a broker that is away is
+    the runtime's to wait out, and librdkafka reconnects by itself)."""
+
+    def __init__(self, role: str) -> None:
+        self._role = role
+        self._lock = threading.Lock()
+        self._access: PipelineError | None = None
+        self._logged: dict[int, float] = {}
+
+    def __call__(self, error: KafkaError) -> None:
+        translated = translate_error(error, self._role)
+        if isinstance(translated, KafkaAccessError):
+            with self._lock:
+                self._access = self._access or translated
+            return
+        now = time.monotonic()
+        if now - self._logged.get(error.code(), -60.0) >= 60.0:  # once a minute of each kind: no log floods
+            self._logged[error.code()] = now
+            logger.warning("%s: %s", self._role, error.str())
+
+    def raise_pending(self) -> None:
+        """Raise the access error reported since the last call, if any. (A fatal error comes back from the
+        client's own next call, too.)"""
+        with self._lock:
+            error, self._access = self._access, None
+        if error is not None:
+            raise error
+
+
+def _create(kind: Callable[[dict[str, Any]], _Client], config: dict[str, Any]) -> _Client:
+    try:
+        return kind(config)
+    except KafkaException as e:  # a configuration librdkafka refuses (it connects later, never here)
+        raise ConfigurationError(f"Kafka client settings refused: {e.args[0].str() if e.args else e}") from e
+
+
+def _ours(partitions: Iterable[KafkaTopicPartition]) -> set[TopicPartition]:
+    return {TopicPartition(tp.topic, tp.partition) for tp in partitions}
+
+
+def _theirs(tp: TopicPartition, offset: int | None = None) -> KafkaTopicPartition:
+    return KafkaTopicPartition(tp.topic, tp.partition) if offset is None else KafkaTopicPartition(*tp, offset)
+
+
+def _record(m: Message) -> RawRecord:
+    try:
+        # Always (str, bytes | None) pairs when read (the stubs type them as a produce() argument).
+        headers = cast("tuple[tuple[str, bytes | None], ...]", tuple(m.headers() or ()))
+    except (UnicodeDecodeError, ValueError) as e:
+        # A header key that is not UTF-8 (the broker takes any bytes). The record stays in the stream, without
+        # the headers this client cannot give: its decoder then fails it like any unreadable record.
+        logger.warning("%s[%d]@%d: headers not readable (%s)", m.topic(), m.partition(), m.offset(), e)
+        headers = ()
+    return Record(m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), m.value(), headers)
+
+
+class ConfluentConsumer:
+    """A `ConsumerClient` around one confluent-kafka `Consumer` (made by `pipeline_core.clients`)."""
+
+    def __init__(self, config: dict[str, Any], role: str) -> None:
+        self._errors = _Errors(role)
+        self._consumer = _create(Consumer, config | {"error_cb": self._errors, "logger": librdkafka_logger})
+        self._sought: dict[TopicPartition, int] = {}  # where a partition was sought, until it is fetched
+
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
+        def assigned(_consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+            listener.on_assigned(_ours(partitions))
+
+        def revoked(_consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+            for tp in _ours(partitions):
+                self._sought.pop(tp, None)
+            listener.on_revoked(_ours(partitions))
+
+        # A lost assignment (the member was evicted) is a revocation for the runtime: nothing in hand is
+        # committed under it, whatever the next owner does.
+        self._consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+
+    def topics_known(self, topics: Sequence[str]) -> bool:
+        self._errors.raise_pending()
+        try:
+            metadata = self._consumer.list_topics(timeout=1.0)
+        except KafkaException as e:
+            self._errors.raise_pending()
+            logger.debug("metadata not read: %s", e)
+            return False
+        return all(t in metadata.topics and metadata.topics[t].partitions for t in topics)
+
+    def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]:
+        self._errors.raise_pending()
+        try:
+            messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        except KafkaException as e:
+            raise translate(e, "poll") from e
+        records = []
+        for m in messages:
+            error = m.error()
+            if error is None:
+                records.append(_record(m))
+                self._sought.pop(TopicPartition(records[-1].topic, records[-1].partition), None)
+                continue
+            translated = translate_error(error, f"poll of {m.topic()}[{m.partition()}]")
+            if isinstance(translated, KafkaAccessError) or not translated.retriable:
+                raise translated
+            # A partition-level event (a leader moving, a topic not yet known): librdkafka goes on by itself.
+            logger.debug("%s", translated)
+        self._errors.raise_pending()
+        return records
+
+    def readable(self, timeout_s: float) -> dict[TopicPartition, int]:
+        partitions = sorted(self.assignment())
+        deadline = (
+            time.monotonic() + timeout_s
+        )  # one deadline for the whole question: the runtime waits on it
+        try:
+            positions = {
+                TopicPartition(tp.topic, tp.partition): tp.offset
+                for tp in self._consumer.position([_theirs(tp) for tp in partitions])
+            }
+            for tp, offset in positions.items():
+                if offset < 0 and tp in self._sought:  # librdkafka forgets the position at a seek
+                    positions[tp] = self._sought[tp]
+            unknown = [tp for tp, offset in positions.items() if offset < 0]
+            if unknown:  # not fetched yet: the group's committed offset is where fetching starts
+                positions |= {
+                    tp: (0 if offset is None else offset) for tp, offset in self.committed(unknown).items()
+                }
+            readable = {}
+            for tp in partitions:
+                left = max(0.1, deadline - time.monotonic())
+                # The high watermark asked of the leader; for a read_committed consumer, the last stable offset.
+                _low, high = self._consumer.get_watermark_offsets(_theirs(tp), timeout=left, cached=False)
+                readable[tp] = max(0, high - positions[tp])
+        except KafkaException as e:
+            raise translate(e, "reading end offsets") from e
+        return readable
+
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        # librdkafka's synchronous commit has no timeout of its own: it fails at once without a coordinator
+        # (_WAIT_COORD), and an in-flight request is bounded by socket.timeout.ms (set by the factory).
+        if not offsets:
+            return
+        try:
+            results = self._consumer.commit(
+                offsets=[_theirs(tp, o) for tp, o in offsets.items()], asynchronous=False
+            )
+        except KafkaException as e:
+            error = _error_of(e)
+            if error is not None and error.code() in _COMMIT_REFUSED:
+                raise CommitRefusedError(f"offset commit refused: {error.name()}: {error.str()}") from e
+            raise translate(e, "offset commit") from e
+        for tp in results or ():
+            if tp.error is not None:
+                if tp.error.code() in _COMMIT_REFUSED:
+                    raise CommitRefusedError(
+                        f"offset commit refused for {tp.topic}[{tp.partition}]: {tp.error}"
+                    )
+                raise translate_error(tp.error, f"offset commit of {tp.topic}[{tp.partition}]")
+
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        asked = [_theirs(tp) for tp in partitions]
+        if not asked:
+            return {}
+        try:
+            answered = self._consumer.committed(asked, timeout=COMMITTED_TIMEOUT_S)
+        except KafkaException as e:
+            raise translate(e, "reading committed offsets") from e
+        return {
+            TopicPartition(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in answered
+        }
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            self._consumer.seek(_theirs(tp, offset))
+            if offset >= 0:
+                self._sought[tp] = offset
+        except KafkaException as e:  # not assigned any more: the next owner starts from the committed offset
+            logger.debug("%s[%d] not sought to %d: %s", tp.topic, tp.partition, offset, e)
+
+    def seek_to_start(self, tp: TopicPartition) -> None:
+        self.seek(tp, OFFSET_BEGINNING)
+
+    def assignment(self) -> set[TopicPartition]:
+        return _ours(self._consumer.assignment())
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def lag(self) -> dict[TopicPartition, int]:
+        # The watermarks of the last fetch response and the position: both known locally, no round trip.
+        lag: dict[TopicPartition, int] = {}
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    lag[TopicPartition(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        except KafkaException as e:
+            logger.debug("lag not read: %s", e)
+        return lag
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()  # leaves the group at once; commits nothing (auto-commit is off)
+        except (KafkaException, RuntimeError) as e:  # RuntimeError: already closed
+            logger.debug("consumer close: %s", e)
+
+
+class ConfluentProducer:
+    """A `ProducerClient` around one confluent-kafka `Producer`: `acks=all`, idempotent, and transactional when
+    its config has a `transactional.id` (initialised by the factory)."""
+
+    def __init__(self, config: dict[str, Any], role: str) -> None:
+        self._errors = _Errors(role)
+        self._transactional_id = config.get("transactional.id")
+        self._config = config | {"error_cb": self._errors, "logger": librdkafka_logger}
+        self._producer = _create(Producer, self._config)
+        self._deliveries: list[tuple[OutRecord, list[KafkaError | None]]] = []
+
+    @property
+    def producer(self) -> Producer:
+        """The confluent-kafka producer (for the factory's `init_transactions`)."""
+        return self._producer
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self._transactional_id)
+
+    def send(self, record: OutRecord) -> None:
+        outcome: list[KafkaError | None] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            outcome.append(error)
+
+        while True:
+            try:
+                self._producer.produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=list(record.headers),
+                    on_delivery=delivered,
+                )
+                break
+            except BufferError:  # the local queue is full: serve deliveries until there is room
+                self._producer.poll(0.1)
+            except KafkaException as e:
+                error = _error_of(e)
+                if error is not None and error.code() in _TOO_LARGE:
+                    raise RecordRefusedError(
+                        f"record of {record.size} bytes is too large: {error.str()}", [record]
+                    ) from e
+                if error is not None and error.code() in _FENCED:
+                    raise self._fenced(error) from e
+                raise PublishError(f"send to {record.topic} failed: {translate(e, 'send')}") from e
+            except (TypeError, ValueError) as e:
+                raise RecordRefusedError(f"record refused by the client: {e}", [record]) from e
+        self._deliveries.append((record, outcome))
+
+    def flush(self, timeout_s: float) -> None:
+        deliveries, self._deliveries = self._deliveries, []
+        try:
+            left = self._producer.flush(timeout_s)
+        except KafkaException as e:  # a fatal error, e.g. fenced: raised by flush, not by the deliveries
+            error = _error_of(e)
+            if error is not None and error.code() in _FENCED:
+                raise self._fenced(error) from e
+            raise self._after_fatal(e) from e
+        failed = [(r, outcome[0]) for r, outcome in deliveries if not outcome or outcome[0] is not None]
+        self._errors.raise_pending()
+        if not failed:
+            return
+        causes = [e for _, e in failed if e is not None]
+        fenced = next((e for e in causes if e.code() in _FENCED), None)
+        if self.transactional and fenced is not None:
+            raise self._fenced(fenced)
+        denied = next((e for e in causes if e.code() in _DENIED), None)
+        if denied is not None:
+            raise translate_error(denied, "producing")
+        # A record the broker refuses for its size will be refused every time; anything else may pass later.
+        refused = [r for r, e in failed if e is not None and e.code() in _TOO_LARGE]
+        if refused:
+            raise RecordRefusedError(f"{len(refused)} records too large for their topic", refused)
+        record, cause = failed[0]
+        reason = (
+            cause.str() if cause is not None else f"not delivered within {timeout_s:.0f} s ({left} queued)"
+        )
+        raise PublishError(
+            f"{len(failed)} of {len(deliveries)} records not acknowledged, e.g. to {record.topic}: {reason}"
+        )
+
+    def _after_fatal(self, e: KafkaException) -> PipelineError:
+        """A fatal error leaves a librdkafka producer unusable. A transactional one is replaced by the runtime
+        (TransactionError); a plain one is replaced here, and the batch sent again through the new one."""
+        if self.transactional:
+            return TransactionError(f"producer failed: {translate(e, 'flush')}")
+        self._producer = _create(Producer, self._config)
+        return PublishError(f"producer failed and was replaced: {translate(e, 'flush')}", retriable=True)
+
+    def _fenced(self, error: KafkaError) -> FencedError:
+        return FencedError(
+            f"producer fenced: another process took over transactional id {self._transactional_id} "
+            f"({error.str()}); CONSUMER_INSTANCE_ID must be unique to each running consumer"
+        )
+
+    def _transaction_error(self, e: KafkaException, doing: str) -> PipelineError:
+        error = _error_of(e)
+        if error is None:
+            return TransactionError(f"{doing}: {e}")
+        if error.code() in _FENCED:
+            return self._fenced(error)
+        if error.code() in _DENIED or error.code() in _CREDENTIALS:
+            return translate_error(error, doing)
+        # Retriable, abortable or fatal: the runtime replaces the producer, whose init_transactions settles
+        # the transaction left open.
+        return TransactionError(f"{doing}: {error.name()}: {error.str()}")
+
+    def begin_transaction(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as e:
+            raise self._transaction_error(e, "begin transaction") from e
+
+    def commit_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_metadata: object, timeout_s: float
+    ) -> None:
+        try:
+            if offsets:
+                self._producer.send_offsets_to_transaction(
+                    [_theirs(tp, o) for tp, o in offsets.items()], group_metadata, timeout_s
+                )
+            self._producer.commit_transaction(timeout_s)
+        except KafkaException as e:
+            raise self._transaction_error(e, "transaction not committed") from e
+        self._errors.raise_pending()
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        try:
+            self._producer.abort_transaction(timeout_s)
+        except KafkaException as e:
+            raise self._transaction_error(e, "transaction not aborted") from e
+
+    def close(self, timeout_s: float) -> None:
+        # Whatever is not delivered within the timeout is dropped (purged), so that closing never waits on a
+        # broker that is away; a transaction left open is aborted, or fenced by the next producer of its id.
+        try:
+            self._producer.flush(timeout_s)
+            self._producer.purge()
+            self._producer.close()
+        except KafkaException as e:  # e.g. a fenced producer's fatal state: nothing left to do
+            logger.debug("producer close: %s", e)
