@@ -16,11 +16,16 @@ from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaError
 from kafka.partitioner import Partitioner
 
-from pipeline_core.confluent_client import ConfluentConsumer, ConfluentProducer
+from pipeline_core.confluent_client import ConfluentConsumer, ConfluentProducer, ConfluentSharedProducer
 from pipeline_core.confluent_client import translate as confluent_translate
 from pipeline_core.errors import BrokerUnavailableError, KafkaAccessError
-from pipeline_core.kafka_client import ConsumerClient, ProducerClient, partition_names
-from pipeline_core.kafka_python_client import KafkaPythonConsumer, KafkaPythonProducer, translate
+from pipeline_core.kafka_client import ConsumerClient, ProducerClient, SharedProducer, partition_names
+from pipeline_core.kafka_python_client import (
+    KafkaPythonConsumer,
+    KafkaPythonProducer,
+    KafkaPythonSharedProducer,
+    translate,
+)
 from pipeline_core.retry import retry_call
 from pipeline_core.settings import PipelineSettings
 
@@ -31,6 +36,7 @@ __all__ = [
     "create_consumer_client",
     "create_producer",
     "create_producer_client",
+    "create_shared_producer",
     "partition_names",
     "wait_for_admin",
 ]
@@ -344,3 +350,34 @@ def _create_confluent_producer(
             producer.close(0)
             raise confluent_translate(e, f"{role}: initialising transactions as {transactional_id}") from e
     return producer
+
+
+# A shared producer's send() blocks only when a topic's metadata is unknown; `prepare` fetches it, so this is a cap.
+SHARED_MAX_BLOCK_MS = 1_000
+SHARED_BOOTSTRAP_TIMEOUT_MS = 5_000
+
+
+def create_shared_producer(settings: PipelineSettings, role: str) -> SharedProducer:
+    """The producer a whole service shares (the API's), on the KAFKA_CLIENT library: `acks=all`, idempotent,
+    records dealt to partitions in turn (`RoundRobinPartitioner` says why). Connects lazily with librdkafka;
+    kafka-python bootstraps here and raises `KafkaError` if no broker answers."""
+    if settings.kafka_client == "confluent-kafka":
+        config = _librdkafka_common(settings, role) | {
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "message.max.bytes": settings.max_record_bytes,
+            "request.timeout.ms": 10_000,
+            "message.timeout.ms": 30_000,
+            # librdkafka would buffer up to 1 GB; the API bounds its request bodies far below this anyway.
+            "queue.buffering.max.kbytes": 262_144,
+        }
+        return ConfluentSharedProducer(config, role)
+    producer = create_producer(
+        settings,
+        role,
+        bootstrap_timeout_ms=SHARED_BOOTSTRAP_TIMEOUT_MS,
+        max_block_ms=SHARED_MAX_BLOCK_MS,
+        partitioner=RoundRobinPartitioner(),
+    )
+    return KafkaPythonSharedProducer(producer)

@@ -15,6 +15,7 @@ and is handled here:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -43,7 +44,7 @@ from pipeline_core.errors import (
     TransactionError,
 )
 from pipeline_core.events import RawRecord, Record
-from pipeline_core.kafka_client import OutRecord, RebalanceListener, TopicPartition
+from pipeline_core.kafka_client import OnDelivered, OutRecord, RebalanceListener, TopicPartition
 
 logger = logging.getLogger(__name__)
 librdkafka_logger = logging.getLogger("kafka.librdkafka")
@@ -462,3 +463,83 @@ class ConfluentProducer:
             self._producer.close()
         except KafkaException as e:  # e.g. a fenced producer's fatal state: nothing left to do
             logger.debug("producer close: %s", e)
+
+
+class ConfluentSharedProducer:
+    """A `SharedProducer` on one confluent-kafka `Producer`. librdkafka's sends are thread-safe and never touch
+    the network; a thread of ours serves its delivery callbacks (`poll`). librdkafka has no round-robin
+    partitioner, so the partition of each record is chosen here, in turn over the partitions `prepare` read."""
+
+    def __init__(self, config: dict[str, Any], role: str) -> None:
+        self._errors = _Errors(role)
+        self._producer = _create(Producer, config | {"error_cb": self._errors, "logger": librdkafka_logger})
+        self._partitions: dict[str, list[int]] = {}
+        self._turns: dict[str, itertools.count[int]] = {}
+        self._closing = threading.Event()
+        self._poller = threading.Thread(target=self._serve_deliveries, name=f"{role}-deliveries", daemon=True)
+        self._poller.start()
+
+    def _serve_deliveries(self) -> None:
+        while not self._closing.is_set():
+            self._producer.poll(0.1)
+
+    def prepare(self, topics: Sequence[str], timeout_s: float) -> None:
+        self._errors.raise_pending()
+        for topic in topics:
+            try:
+                metadata = self._producer.list_topics(topic, timeout=timeout_s)
+            except KafkaException as e:
+                self._errors.raise_pending()
+                raise translate(e, f"reading the metadata of {topic}") from e
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                reason = found.error.str() if found is not None and found.error else "no partitions"
+                raise BrokerUnavailableError(f"topic {topic}: {reason}")
+            self._partitions[topic] = sorted(found.partitions)
+            self._turns.setdefault(topic, itertools.count())
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]],
+        on_delivered: OnDelivered,
+    ) -> None:
+        self._errors.raise_pending()
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            on_delivered(None if error is None else PublishError(f"{error.name()}: {error.str()}"))
+
+        partitions = self._partitions.get(topic)
+        # next() on an itertools.count is atomic: concurrent senders still take turns.
+        partition = partitions[next(self._turns[topic]) % len(partitions)] if partitions else -1
+        try:
+            self._producer.produce(
+                topic, value=value, key=key, headers=list(headers), partition=partition, on_delivery=delivered
+            )
+        except BufferError as e:
+            raise PublishError("the producer's local queue is full") from e
+        except KafkaException as e:
+            raise PublishError(f"send to {topic} failed: {translate(e, 'send')}") from e
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            left = self._producer.flush(timeout_s)
+            if left:
+                logger.warning(
+                    "Kafka did not acknowledge %d buffered records within %.0f s; dropping them",
+                    left,
+                    timeout_s,
+                )
+                self._producer.purge()
+                self._producer.poll(0)  # their callbacks: each waiting request learns its records failed
+        except KafkaException as e:
+            logger.warning("closing the producer: %s", e)
+        finally:
+            self._closing.set()
+            self._poller.join(1.0)
+            try:
+                self._producer.close()
+            except KafkaException as e:
+                logger.debug("producer close: %s", e)

@@ -9,7 +9,7 @@ each saying whether retrying can help.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -142,3 +142,32 @@ class ProducerClient(Protocol):
     def abort_transaction(self, timeout_s: float) -> None: ...
 
     def close(self, timeout_s: float) -> None: ...
+
+
+OnDelivered = Callable[[Exception | None], None]
+
+
+class SharedProducer(Protocol):
+    """One producer shared by every request of a service (the API's): `acks=all`, idempotent, each record
+    dealt to the topic's partitions in turn. `send` never blocks on the network; each record's outcome is told
+    to its callback, on a thread of the client's (None: acknowledged by the in-sync replicas)."""
+
+    def prepare(self, topics: Sequence[str], timeout_s: float) -> None:
+        """Learn the topics' partitions now, so that `send` has nothing to wait for; `PipelineError` if the
+        cluster does not answer."""
+        ...
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]],
+        on_delivered: OnDelivered,
+    ) -> None:
+        """Queue one record; `PublishError` at once if it cannot be queued (too large, local queue full)."""
+        ...
+
+    def close(self, timeout_s: float) -> None:
+        """Deliver what is queued within `timeout_s`, drop the rest (logged), and release the connections."""
+        ...

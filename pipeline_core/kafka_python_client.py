@@ -32,7 +32,7 @@ from pipeline_core.errors import (
     TransactionError,
 )
 from pipeline_core.events import RawRecord, Record
-from pipeline_core.kafka_client import OutRecord, RebalanceListener, TopicPartition
+from pipeline_core.kafka_client import OnDelivered, OutRecord, RebalanceListener, TopicPartition
 
 logger = logging.getLogger(__name__)
 
@@ -342,3 +342,45 @@ class KafkaPythonProducer:
 
     def close(self, timeout_s: float) -> None:
         self._producer.close(timeout=timeout_s)
+
+
+class KafkaPythonSharedProducer:
+    """A `SharedProducer` around one `KafkaProducer` (thread-safe; `send` only appends to a batch once the
+    topic's metadata is known), made with the round-robin partitioner by `pipeline_core.clients`."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+
+    def prepare(self, topics: Sequence[str], timeout_s: float) -> None:
+        try:
+            for topic in topics:
+                self._producer.partitions_for(topic)
+        except KafkaError as e:
+            raise translate(e, "reading topic metadata") from e
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]],
+        on_delivered: OnDelivered,
+    ) -> None:
+        try:
+            future = self._producer.send(topic, key=key, value=value, headers=list(headers))
+        except KafkaError as e:
+            raise PublishError(f"send to {topic} failed: {type(e).__name__}: {e}") from e
+        future.add_callback(lambda _metadata: on_delivered(None)).add_errback(on_delivered)
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            self._producer.close(timeout=timeout_s)
+        except KafkaTimeoutError:
+            logger.warning(
+                "Kafka did not acknowledge every buffered record within %.0f s; dropping them", timeout_s
+            )
+            # kafka-python 3.0's close() raises from its flush before stopping the sender thread, which then
+            # retries forever; force the sender down (aborting the batches), and close() completes at once.
+            self._producer._sender.force_close()
+            self._producer._sender.join(timeout_s)
+            self._producer.close(timeout=0)

@@ -259,11 +259,12 @@ class ConsumerRuntime:
         consumer.subscribe(topics, self)
         self.state = "consuming"
         logger.info(
-            "%s: joined group %s on %s (%s)",
+            "%s: joined group %s on %s (%s, %s)",
             c.role,
             c.group_id,
             ", ".join(topics),
             "exactly-once" if c.exactly_once else "at-least-once",
+            type(consumer).__name__,
         )
 
     def _close(self) -> None:

@@ -6,46 +6,32 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
-from pipeline_core.clients import RoundRobinPartitioner, create_admin, create_producer, diagnose_connection
+from pipeline_core.clients import create_admin, create_shared_producer, diagnose_connection
 from pipeline_core.errors import BrokerUnavailableError
+from pipeline_core.kafka_client import SharedProducer
 from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import ensure_topics, pipeline_topics
 
 logger = logging.getLogger(__name__)
 
 TCP_CHECK_TIMEOUT_S = 1.0
-BOOTSTRAP_TIMEOUT_MS = 5_000
-# send() blocks only when a topic's metadata is unknown; it is fetched at connect time, so this is a cap.
-MAX_BLOCK_MS = 1_000
-# kafka-python backs reconnects off up to 30 s; an API should notice a returning broker within a second or so.
-RECONNECT_BACKOFF_MAX_MS = 1_000
+METADATA_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """The producer every request shares (kafka-python's is thread-safe), and an admin client for probes."""
+    """The producer every request shares, and an admin client for probes."""
 
-    producer: KafkaProducer
+    producer: SharedProducer
     admin: KafkaAdminClient
 
     def close(self, timeout_s: float) -> None:
-        """Flush what is buffered (bounded), then close both clients."""
+        """Deliver what is buffered (bounded; the rest is dropped and logged), then close both clients."""
         try:
-            self.producer.close(timeout=timeout_s)
-        except KafkaTimeoutError:
-            logger.warning(
-                "Kafka did not acknowledge every buffered record within %.0f s; dropping them (their uploads "
-                "were already answered 503 or are being cut off by the shutdown)",
-                timeout_s,
-            )
-            # kafka-python 3.0's close() raises from its flush before stopping the sender thread, which then
-            # retries forever; force the sender down (aborting the batches), and close() completes at once.
-            self.producer._sender.force_close()
-            self.producer._sender.join(timeout_s)
-            self.producer.close(timeout=0)
+            self.producer.close(timeout_s)
         finally:
             self.admin.close()
 
@@ -67,30 +53,24 @@ def connect(settings: PipelineSettings) -> Connection:
     # kafka-python leaks its sockets when a client's bootstrap fails, so only try once a port answers.
     if not any_port_open(settings.kafka_bootstrap_servers):
         raise BrokerUnavailableError(f"no broker listening at {settings.kafka_bootstrap_servers}")
+    # The admin client first: kafka-python bootstraps at once, so a refused certificate or password shows here
+    # (librdkafka would only report it later, from its own threads).
     try:
-        producer = create_producer(
-            settings,
-            "api",
-            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
-            max_block_ms=MAX_BLOCK_MS,
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-            partitioner=RoundRobinPartitioner(),
-        )
+        admin = create_admin(settings, "api")
     except KafkaError as e:
         # A refused certificate or password reads, to kafka-python, as a broker that does not answer: say which
         # setting is wrong (in the log and in /readyz), and keep retrying, as for a broker that is down.
         reason = diagnose_connection(settings) or f"did not answer: {e}"
         raise BrokerUnavailableError(f"Kafka at {settings.kafka_bootstrap_servers}: {reason}") from e
     try:
-        admin = create_admin(settings, "api")
+        producer = create_shared_producer(settings, "api")
     except KafkaError as e:
-        producer.close(timeout=0)
-        raise BrokerUnavailableError(f"Kafka admin connection failed: {e}") from e
+        admin.close()
+        raise BrokerUnavailableError(f"Kafka producer connection failed: {e}") from e
     connection = Connection(producer, admin)
     try:
         ensure_topics(admin, pipeline_topics(settings))
-        for topic in (settings.topic_images, settings.topic_feedback):
-            producer.partitions_for(topic)
+        producer.prepare([settings.topic_images, settings.topic_feedback], METADATA_TIMEOUT_S)
     except KafkaError as e:
         connection.close(timeout_s=0)
         raise BrokerUnavailableError(f"Kafka topic set-up failed: {e}") from e

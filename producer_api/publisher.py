@@ -1,9 +1,9 @@
 """The API's one Kafka producer: connects in the background, publishes with acks, knows whether Kafka is up.
 
-kafka-python's producer is thread-safe and its `send()` only appends to a batch (topic metadata is fetched at
-connect time), so sends run on the event loop; the broker's acks arrive on kafka-python's sender thread and
-are handed to the loop with `call_soon_threadsafe`. Nothing here blocks the loop: connecting and probing run
-in worker threads.
+The producer (`pipeline_core.kafka_client.SharedProducer`, on either Kafka client) is thread-safe and its
+`send()` only queues (topic metadata is fetched at connect time), so sends run on the event loop; the broker's
+acks arrive on the client's thread and are handed to the loop with `call_soon_threadsafe`. Nothing here blocks
+the loop: connecting and probing run in worker threads.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from pipeline_core.errors import BrokerUnavailableError, PipelineError, PublishError
 from pipeline_core.events import FeedbackEvent, ImageEvent, encode_feedback, encode_image
+from pipeline_core.kafka_client import SharedProducer
 from pipeline_core.retry import Backoff, should_log
 from producer_api import metrics
 from producer_api.broker import Connection, any_port_open, connect, probe
@@ -51,12 +50,12 @@ class _Acks:
         # A request that gave up early no longer awaits this; a late error must not be reported as unretrieved.
         self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    def on_ack(self, _metadata: Any) -> None:  # kafka-python's sender thread
-        if not self.loop.is_closed():
+    def on_delivered(self, error: Exception | None) -> None:  # on the Kafka client's thread
+        if self.loop.is_closed():
+            return
+        if error is None:
             self.loop.call_soon_threadsafe(self._acked)
-
-    def on_error(self, error: BaseException) -> None:  # kafka-python's sender thread
-        if not self.loop.is_closed():
+        else:
             self.loop.call_soon_threadsafe(self._failed, error)
 
     def _acked(self) -> None:
@@ -130,7 +129,10 @@ class Publisher:
         self._attempt = None
         self._set_state(True, "ok")
         logger.info(
-            "connected to Kafka at %s after %d attempt(s)", self._settings.kafka_bootstrap_servers, attempt
+            "connected to Kafka at %s with %s after %d attempt(s)",
+            self._settings.kafka_bootstrap_servers,
+            self._settings.kafka_client,
+            attempt,
         )
 
     def _set_state(self, ok: bool, reason: str) -> None:
@@ -172,7 +174,7 @@ class Publisher:
             self._set_state(True, "ok")
         return self._state
 
-    def _producer(self) -> KafkaProducer:
+    def _producer(self) -> SharedProducer:
         """The producer, or `PublishError` at once when Kafka is known to be down (the route answers 503)."""
         if self._connection is None or self._stopped:
             raise PublishError(self._state.reason)
@@ -190,14 +192,12 @@ class Publisher:
         started = time.perf_counter()
         try:
             for topic, key, value, headers in records:
-                producer.send(topic, key=key, value=value, headers=headers).add_callback(
-                    acks.on_ack
-                ).add_errback(acks.on_error)
+                producer.send(topic, key, value, headers, acks.on_delivered)
             await self._await_acks(acks)
         except TimeoutError as e:
             self._set_state(False, f"no broker ack within {self._settings.publish_timeout_s:.0f} s")
             raise PublishError(self._state.reason) from e
-        except KafkaError as e:
+        except (PipelineError, KafkaError) as e:  # sent and refused, or not even queued
             self._set_state(False, f"publish failed: {e}")
             raise PublishError(self._state.reason) from e
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
