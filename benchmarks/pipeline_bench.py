@@ -61,6 +61,7 @@ SATURATING_USERS = 16
 # The first system's warm-up also warms the broker's JIT compiler (seen using a third of a core for its first
 # half minute), which a long-running broker has long finished; later systems reuse the warm broker.
 FIRST_WARM_UP_S, WARM_UP_S = 25.0, 5.0
+KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
 
 
 def bench_photos() -> list[tuple[str, bytes]]:
@@ -410,6 +411,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 system.stop()
         assert best is not None
+        # Both Kafka client libraries, each in a system of its own as `make run` starts it, at saturation: the
+        # figures behind KAFKA_CLIENT's default (docs/benchmarks.md).
+        report["clients"] = []
+        for client in KAFKA_CLIENTS:
+            system, _ready_s = start_system(bootstrap, work, config, work, {"KAFKA_CLIENT": client})
+            try:
+                warm_up(system, photos, 2.0 if quick else WARM_UP_S)
+                meter = CpuMeter(system, broker_pid)
+                level = run_level(system, meter, photos, 0, level_s, 4, closed_loop_clients=SATURATING_USERS)
+                level["kafka_client"] = client
+                report["clients"].append(level)
+            finally:
+                system.stop()
         saturation = next(
             lv["completed_images_per_s"] for lv in report["scaling"] if lv["config"] == config.name
         )

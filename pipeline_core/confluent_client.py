@@ -162,9 +162,10 @@ def _record(m: Message) -> RawRecord:
     try:
         # Always (str, bytes | None) pairs when read (the stubs type them as a produce() argument).
         headers = cast("tuple[tuple[str, bytes | None], ...]", tuple(m.headers() or ()))
-    except (UnicodeDecodeError, ValueError) as e:
-        # A header key that is not UTF-8 (the broker takes any bytes). The record stays in the stream, without
-        # the headers this client cannot give: its decoder then fails it like any unreadable record.
+    except Exception as e:
+        # A header key that is not UTF-8 (the broker takes any bytes): confluent-kafka 2.16 raises SystemError
+        # for it. The record stays in the stream, without the headers this client cannot give: its decoder then
+        # fails it like any unreadable record, and the partition goes on.
         logger.warning("%s[%d]@%d: headers not readable (%s)", m.topic(), m.partition(), m.offset(), e)
         headers = ()
     return Record(m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), m.value(), headers)
@@ -176,10 +177,13 @@ class ConfluentConsumer:
     def __init__(self, config: dict[str, Any], role: str) -> None:
         self._errors = _Errors(role)
         self._consumer = _create(Consumer, config | {"error_cb": self._errors, "logger": librdkafka_logger})
-        self._sought: dict[TopicPartition, int] = {}  # where a partition was sought, until it is fetched
+        # Where a partition will be read from while librdkafka does not know (see `_positions`).
+        self._sought: dict[TopicPartition, int] = {}
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         def assigned(_consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+            for tp in _ours(partitions):
+                self._sought.pop(tp, None)
             listener.on_assigned(_ours(partitions))
 
         def revoked(_consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
@@ -207,20 +211,61 @@ class ConfluentConsumer:
             messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
         except KafkaException as e:
             raise translate(e, "poll") from e
-        records = []
-        for m in messages:
-            error = m.error()
-            if error is None:
-                records.append(_record(m))
-                self._sought.pop(TopicPartition(records[-1].topic, records[-1].partition), None)
-                continue
-            translated = translate_error(error, f"poll of {m.topic()}[{m.partition()}]")
-            if isinstance(translated, KafkaAccessError) or not translated.retriable:
-                raise translated
+        records: list[RawRecord] = []
+        for n, m in enumerate(messages):
+            try:
+                error = m.error()
+                if error is None:
+                    records.append(_record(m))
+                    continue
+                translated = translate_error(error, f"poll of {m.topic()}[{m.partition()}]")
+                if isinstance(translated, KafkaAccessError) or not translated.retriable:
+                    raise translated
+            except BaseException:
+                # consume() has moved past every message it returned: whatever is not handed over is fetched
+                # again, from the first of them, or it would be skipped.
+                self._rewind(records, messages[n:])
+                raise
             # A partition-level event (a leader moving, a topic not yet known): librdkafka goes on by itself.
             logger.debug("%s", translated)
-        self._errors.raise_pending()
+        try:
+            self._errors.raise_pending()
+        except PipelineError:
+            self._rewind(records, [])
+            raise
         return records
+
+    def _rewind(self, records: list[RawRecord], messages: Sequence[Message]) -> None:
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        for m in messages:
+            offset = m.offset()
+            if m.error() is None and offset is not None and offset >= 0:
+                tp = TopicPartition(m.topic() or "", m.partition() or 0)
+                first[tp] = min(first.get(tp, offset), offset)
+        for tp, offset in first.items():
+            self.seek(tp, offset)
+
+    def _positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The next offset each partition will be read from. librdkafka knows it once a fetch came back for the
+        partition (past transaction markers, too), and forgets it at a seek; until then it is where the
+        partition was sought, or the group's committed offset (asked once), or the start of the log."""
+        positions = {
+            TopicPartition(tp.topic, tp.partition): tp.offset
+            for tp in self._consumer.position([_theirs(tp) for tp in partitions])
+        }
+        for tp, offset in positions.items():
+            if offset < 0 and tp in self._sought:
+                positions[tp] = self._sought[tp]
+        unknown = [tp for tp, offset in positions.items() if offset < 0]
+        for tp, committed in (self.committed(unknown) if unknown else {}).items():
+            start = committed
+            if start is None:
+                start = max(0, self._consumer.get_watermark_offsets(_theirs(tp), cached=True)[0])
+            self._sought[tp] = positions[tp] = start
+        return positions
 
     def readable(self, timeout_s: float) -> dict[TopicPartition, int]:
         partitions = sorted(self.assignment())
@@ -228,18 +273,7 @@ class ConfluentConsumer:
             time.monotonic() + timeout_s
         )  # one deadline for the whole question: the runtime waits on it
         try:
-            positions = {
-                TopicPartition(tp.topic, tp.partition): tp.offset
-                for tp in self._consumer.position([_theirs(tp) for tp in partitions])
-            }
-            for tp, offset in positions.items():
-                if offset < 0 and tp in self._sought:  # librdkafka forgets the position at a seek
-                    positions[tp] = self._sought[tp]
-            unknown = [tp for tp, offset in positions.items() if offset < 0]
-            if unknown:  # not fetched yet: the group's committed offset is where fetching starts
-                positions |= {
-                    tp: (0 if offset is None else offset) for tp, offset in self.committed(unknown).items()
-                }
+            positions = self._positions(partitions)
             readable = {}
             for tp in partitions:
                 left = max(0.1, deadline - time.monotonic())
@@ -289,6 +323,8 @@ class ConfluentConsumer:
             self._consumer.seek(_theirs(tp, offset))
             if offset >= 0:
                 self._sought[tp] = offset
+            else:  # the start of the log: learnt again when asked
+                self._sought.pop(tp, None)
         except KafkaException as e:  # not assigned any more: the next owner starts from the committed offset
             logger.debug("%s[%d] not sought to %d: %s", tp.topic, tp.partition, offset, e)
 
@@ -302,14 +338,15 @@ class ConfluentConsumer:
         return self._consumer.consumer_group_metadata()
 
     def lag(self) -> dict[TopicPartition, int]:
-        # The watermarks of the last fetch response and the position: both known locally, no round trip.
+        # The watermarks of the last fetch response and the position: known locally (but for a partition not
+        # fetched from yet, whose committed offset is asked once).
         lag: dict[TopicPartition, int] = {}
         try:
-            for tp in self._consumer.position(self._consumer.assignment()):
-                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and tp.offset >= 0:
-                    lag[TopicPartition(tp.topic, tp.partition)] = max(0, high - tp.offset)
-        except KafkaException as e:
+            for tp, position in self._positions(sorted(self.assignment())).items():
+                _low, high = self._consumer.get_watermark_offsets(_theirs(tp), cached=True)
+                if high >= 0:
+                    lag[tp] = max(0, high - position)
+        except (KafkaException, PipelineError) as e:
             logger.debug("lag not read: %s", e)
         return lag
 

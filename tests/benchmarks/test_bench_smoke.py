@@ -23,11 +23,13 @@ def test_smoke_benchmark_runs_end_to_end_and_writes_its_report(tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "pipeline.json").read_text())
     assert report["model"]["ceiling_images_per_s"] > 0
-    for level in report["sweep"]:
+    assert [level["kafka_client"] for level in report["clients"]] == ["kafka-python", "confluent-kafka"]
+    for level in report["sweep"] + report["clients"]:
         assert level["completed"] > 0 and level["errors"] == 0, level
         assert level["completed"] + level["timed_out"] == level["accepted"], (
             "every accepted image accounted for"
         )
-    assert "| offered img/s |" in (tmp_path / "pipeline.md").read_text()
+    page = (tmp_path / "pipeline.md").read_text()
+    assert "| offered img/s |" in page and "| confluent-kafka |" in page
     assert (tmp_path / "pipeline.png").stat().st_size > 10_000
     assert (tmp_path / "pipeline-cpu.png").stat().st_size > 10_000

@@ -191,8 +191,10 @@ def test_seek_reads_again_and_readable_counts_what_is_left(client_settings: Pipe
     consumer = joined(s, s.consumer_group_inference)
     got = poll_until(consumer, lambda got: len(got) >= 24)
     assert sum(consumer.readable(10).values()) == 0
-    tp = TopicPartition(got[0].topic, got[0].partition)
+    fullest = max({r.partition for r in got}, key=lambda p: sum(r.partition == p for r in got))
+    tp = TopicPartition(s.topic_images, fullest)
     on_partition = sorted(r.offset for r in got if r.partition == tp.partition)
+    assert len(on_partition) >= 4  # 24 records over 6 partitions
     consumer.seek(tp, on_partition[1])
     assert consumer.readable(10)[tp] == len(on_partition) - 1
     again = poll_until(consumer, lambda a: len(a) >= len(on_partition) - 1)
@@ -201,3 +203,18 @@ def test_seek_reads_again_and_readable_counts_what_is_left(client_settings: Pipe
     again = poll_until(consumer, lambda a: len(a) >= len(on_partition))
     assert sorted(r.offset for r in again) == on_partition
     consumer.close()
+
+
+def test_lag_covers_every_assigned_partition_and_falls_to_zero(client_settings: PipelineSettings) -> None:
+    s = client_settings
+    send_all(s, [OutRecord(s.topic_images, None, f"l{n}".encode()) for n in range(8)])
+    consumer = joined(s, s.consumer_group_inference)
+    poll_until(consumer, lambda got: len(got) >= 8)
+    deadline = time.monotonic() + 20
+    lag = consumer.lag()
+    # Partitions with no record at all are covered too (the lag gauge shows one series per partition held).
+    while (len(lag) < s.topic_partitions or any(lag.values())) and time.monotonic() < deadline:
+        consumer.poll(0.3, 10)
+        lag = consumer.lag()
+    consumer.close()
+    assert lag == {TopicPartition(s.topic_images, p): 0 for p in range(s.topic_partitions)}
