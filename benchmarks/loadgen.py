@@ -98,6 +98,7 @@ async def _one_request(
     result: LoadResult,
     timeout_s: float,
     headers: dict[str, str],
+    retry_after_cap_s: float = 0.0,
 ) -> None:
     sent_at = time.time()
     try:
@@ -110,6 +111,8 @@ async def _one_request(
     accepted_at = time.time()
     if response.status_code in (429, 503):
         result.rejected += len(files)
+        if retry_after_cap_s:  # a well-behaved client comes back when told (capped: a load level is short)
+            await asyncio.sleep(min(retry_after_cap_s, float(response.headers.get("Retry-After") or 1)))
         return
     if response.status_code != 202:
         result.errors.append(f"upload: HTTP {response.status_code}: {response.text[:200]}")
@@ -170,7 +173,8 @@ async def run_closed_loop(
     api_key: str | None = None,
 ) -> LoadResult:
     """`clients` users that each upload, wait for their results, and upload again: the sustained throughput
-    with a queue that never runs dry and never grows past `clients * files_per_request` images."""
+    with a queue that never runs dry and never grows past `clients * files_per_request` images. A user whose
+    upload is shed waits as Retry-After says (at most a second) before the next."""
     result = LoadResult(0.0, duration_s)
     headers = {"X-API-Key": api_key} if api_key else {}
     cycle = itertools.cycle(photos)
@@ -183,7 +187,9 @@ async def run_closed_loop(
         async def user() -> None:
             while time.monotonic() - start < duration_s:
                 files = [next(cycle) for _ in range(files_per_request)]
-                await _one_request(client, api_url, sink_url, files, result, result_timeout_s, headers)
+                await _one_request(
+                    client, api_url, sink_url, files, result, result_timeout_s, headers, retry_after_cap_s=1.0
+                )
 
         await asyncio.gather(*(user() for _ in range(clients)))
         result.wall_s = time.monotonic() - start

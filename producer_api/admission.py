@@ -69,12 +69,16 @@ class Admission:
 
     def expected_wait_s(self, images: int) -> float:
         """How long the last of `images` more would wait before a consumer takes it: the images ahead of it
-        divided by the throughput (nan while the throughput is unknown). An empty backlog is no wait at all,
-        however slow the consumers last were and however many images the upload brings (up to the API's
-        MAX_FILES): an idle system always admits, and so measures the consumers again. Judging an upload
-        by its own images on an idle system would shed every multi-image upload for ever after one slow
-        spell, since nothing would be admitted to correct the estimate."""
-        if self.backlog <= 0:
+        divided by the throughput (nan while the throughput is unknown).
+
+        Up to ADMISSION_MIN_BACKLOG images waiting (this upload's included) count as no wait, however slow
+        the consumers last were: that many keep every consumer busy, and the throughput is learnt only from
+        a backlog that keeps them busy. Judged below it, a low estimate would shed the very uploads that
+        keep the consumers busy; the estimate would then fall to what was admitted, and shed more (seen in
+        the benchmark: a third of the throughput lost), or, after one slow spell, shed every multi-image
+        upload of an idle system for ever (seen in CI).
+        """
+        if self.backlog <= 0 or self.backlog + images <= self._settings.admission_min_backlog:
             return 0.0
         ahead = self.backlog + images - 1
         return ahead / self._throughput if self._throughput > 0 else math.nan
@@ -148,13 +152,14 @@ class Admission:
         """Fold one measure into the throughput: the rate over the last busy seconds, and the peak of those
         rates, decaying slowly, as what the consumers can do.
 
-        Only intervals that began with work count: idle, progress says how fast images arrived, not how fast
-        they can go. The rate is taken over several intervals because committed offsets advance in steps (a
-        transaction's worth at a time), and the peak because a light load shows less than the consumers can
-        do (they batch what waits): the estimate stays near the capacity last seen, and falls if the
-        consumers stay slower (a half-life of about a minute of busy measures).
+        Only intervals that began with enough work to keep every consumer busy (ADMISSION_MIN_BACKLOG) count:
+        below it, progress says how fast images arrived, not how fast they can go. The rate is taken over
+        several intervals because committed offsets advance in steps (a transaction's worth at a time), and the
+        peak because a light load shows less than the consumers can do (they batch what waits): the estimate
+        stays near the capacity last seen, and falls if the consumers stay slower (a half-life of about a
+        minute of busy measures).
         """
-        if elapsed_s <= 0 or done < 0 or backlog_before <= 0:
+        if elapsed_s <= 0 or done < 0 or backlog_before < max(1, self._settings.admission_min_backlog):
             return
         self._busy.append((elapsed_s, done))
         del self._busy[:-_WINDOW]

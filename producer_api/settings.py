@@ -45,6 +45,14 @@ class ApiSettings(WebSettings):
         description="Uploads get 429 when their images would wait longer than this behind the backlog, at "
         "the consumers' measured throughput (0: no wait limit). Keeps accepted uploads' round trip short.",
     )
+    admission_min_backlog: int = Field(
+        32,
+        ge=0,
+        le=1_000_000,
+        description="Below this many waiting images every upload is admitted, and the consumers' throughput is "
+        "learnt only above it: enough queued to keep every consumer's batches full (at least twice consumers x "
+        "BATCH_MAX_SIZE), so that the wait limit never starves the consumers it measures.",
+    )
     max_backlog_images: int = Field(
         256,
         ge=0,

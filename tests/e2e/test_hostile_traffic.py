@@ -46,6 +46,9 @@ def system(system_factory) -> System:  # type: ignore[no-untyped-def]
         MAX_FILES_PER_REQUEST=str(FILES_PER_REQUEST),
         MAX_BODY_BYTES_IN_FLIGHT=str(IN_FLIGHT),
         MAX_QUEUE_WAIT_S=str(MAX_WAIT_S),  # the default, which the suites' other systems turn off
+        # Twice what one consumer's batches hold (the default floor, 32, is sized for several consumers):
+        # the burst test's 24 images in flight pass it.
+        ADMISSION_MIN_BACKLOG="8",
     )
     return started
 

@@ -12,7 +12,8 @@ from producer_api.settings import ApiSettings
 
 
 def admission(**settings: object) -> Admission:
-    return Admission(ApiSettings(**settings))  # type: ignore[arg-type]
+    """A gate judging every image by the wait (no floor) unless the test asks for one."""
+    return Admission(ApiSettings(**({"admission_min_backlog": 0} | settings)))  # type: ignore[arg-type]
 
 
 def test_until_the_throughput_is_known_only_the_count_limit_applies() -> None:
@@ -100,3 +101,23 @@ def test_an_idle_system_admits_an_upload_of_many_images_however_slow_the_consume
     gate.admitted(4)
     with pytest.raises(OverloadedError):
         gate.check(4)  # now 4 are ahead: 7 / 2 s
+
+
+def test_below_the_floor_every_upload_is_admitted_and_above_it_the_wait_decides() -> None:
+    gate = admission(max_queue_wait_s=0.5, max_backlog_images=1000, admission_min_backlog=32)
+    gate._learn_throughput(elapsed_s=1.0, done=4, backlog_before=40)  # a slow spell: 4 images/s
+    gate.admitted(24)
+    gate.check(8)  # 32 waiting: at the floor, admitted however slow the estimate
+    assert gate.expected_wait_s(8) == 0
+    gate.admitted(8)
+    with pytest.raises(OverloadedError):
+        gate.check(4)  # past it: 35 ahead at 4/s
+
+
+def test_the_throughput_is_learnt_only_from_a_backlog_that_keeps_the_consumers_busy() -> None:
+    # Below the floor the consumers are not all busy: the rate says how fast images came, not what they can do.
+    gate = admission(admission_min_backlog=32)
+    gate._learn_throughput(elapsed_s=1.0, done=10, backlog_before=12)
+    assert math.isnan(gate.throughput)
+    gate._learn_throughput(elapsed_s=1.0, done=90, backlog_before=40)
+    assert gate.throughput == 90
