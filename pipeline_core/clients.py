@@ -274,9 +274,12 @@ def create_consumer_client(
             "max.partition.fetch.bytes": settings.max_record_bytes,
             "fetch.max.bytes": fetch_max,
             "receive.message.max.bytes": fetch_max + 65_536,
-            # librdkafka prefetches into a local queue, 64 MB by default: an eighth of that keeps a consumer's
-            # memory small and still holds hundreds of images ahead of the model.
-            "queued.max.messages.kbytes": 8192,
+            # librdkafka prefetches into a local queue, 64 MB by default: 16 MB (or two of the largest records)
+            # keeps a consumer's memory small and still holds hundreds of photos ahead of the model. A full queue
+            # is fetched again after fetch.queue.backoff.ms, 1 s by default: too long a gap for a consumer that
+            # has just drained it.
+            "queued.max.messages.kbytes": max(16_384, 2 * settings.max_record_bytes // 1024),
+            "fetch.queue.backoff.ms": 50,
             "session.timeout.ms": min(session_timeout_ms, max_poll_interval_ms),  # librdkafka requires it
             "heartbeat.interval.ms": 1_000,
             "max.poll.interval.ms": max_poll_interval_ms,
@@ -339,8 +342,9 @@ def _create_confluent_producer(
         config |= {
             "transactional.id": transactional_id,
             "transaction.timeout.ms": settings.transaction_timeout_ms,
-            # A record of a transaction cannot outlive it (librdkafka requires it).
+            # A record or a request of a transaction cannot outlive it (librdkafka requires both).
             "message.timeout.ms": min(30_000, settings.transaction_timeout_ms),
+            "socket.timeout.ms": min(10_000, settings.transaction_timeout_ms + 100),
         }
     producer = ConfluentProducer(config, role)
     if transactional_id is not None:

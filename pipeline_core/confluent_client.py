@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,6 +53,10 @@ librdkafka_logger = logging.getLogger("kafka.librdkafka")
 _Client = TypeVar("_Client", Consumer, Producer)
 
 COMMITTED_TIMEOUT_S = 5.0  # reading committed offsets waits for pending transactional ones; bounded
+ACCESS_ERROR_PERSISTS_S = 5.0  # see _Errors
+# After the group's offsets could not be read for the lag gauge, it goes without them this long: lag() runs after
+# every batch and must not wait on a coordinator that is away.
+LAG_COMMITTED_RETRY_S = 30.0
 
 # Refused credentials or certificates: a setting to change, never a broker to wait for.
 _CREDENTIALS = {KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION}
@@ -113,34 +119,51 @@ def translate(e: BaseException, doing: str) -> PipelineError:
 
 
 class _Errors:
-    """Error events librdkafka reports from its own threads (a broker down, a refused password): access errors
-    are kept for the next call to raise, the rest logged once a minute of each kind (a broker that is away is
-    the runtime's to wait out, and librdkafka reconnects by itself)."""
+    """Error events librdkafka reports from its own threads (a broker down, a refused password).
+
+    Until the client has had one answer from the cluster, an access error (credentials, TLS) is raised from
+    its next call once it has been reported for `ACCESS_ERROR_PERSISTS_S`: a refused password is refused at
+    every reconnect, within a second, so it persists, and the service stops naming the setting. After one
+    answer, the settings were right, and an access error is a broker restarting (librdkafka reports a
+    connection dropped during the TLS or SASL handshake as an SSL or authentication failure): it must not stop
+    a consumer, so it is only logged. Everything is logged once a minute of each kind: a broker that is away is
+    the runtime's to wait out, and librdkafka reconnects by itself.
+    """
 
     def __init__(self, role: str) -> None:
         self._role = role
         self._lock = threading.Lock()
         self._access: PipelineError | None = None
+        self._access_since = 0.0
+        self._answered = False
         self._logged: dict[int, float] = {}
 
     def __call__(self, error: KafkaError) -> None:
         translated = translate_error(error, self._role)
-        if isinstance(translated, KafkaAccessError):
-            with self._lock:
-                self._access = self._access or translated
-            return
         now = time.monotonic()
+        if isinstance(translated, KafkaAccessError) and not self._answered:
+            with self._lock:
+                if self._access is None:
+                    self._access, self._access_since = translated, now
         if now - self._logged.get(error.code(), -60.0) >= 60.0:  # once a minute of each kind: no log floods
             self._logged[error.code()] = now
             logger.warning("%s: %s", self._role, error.str())
 
-    def raise_pending(self) -> None:
-        """Raise the access error reported since the last call, if any. (A fatal error comes back from the
-        client's own next call, too.)"""
+    def succeeded(self) -> None:
+        """A call got an answer from the cluster: the settings are right, and access errors pass from now on."""
         with self._lock:
-            error, self._access = self._access, None
-        if error is not None:
-            raise error
+            self._answered = True
+            self._access = None
+
+    def raise_pending(self) -> None:
+        """Raise the access error that has persisted, if any. (A fatal error comes back from the client's own
+        next call.)"""
+        with self._lock:
+            error = self._access
+            if error is None or time.monotonic() - self._access_since < ACCESS_ERROR_PERSISTS_S:
+                return
+            self._access = None
+        raise error
 
 
 def _create(kind: Callable[[dict[str, Any]], _Client], config: dict[str, Any]) -> _Client:
@@ -148,6 +171,35 @@ def _create(kind: Callable[[dict[str, Any]], _Client], config: dict[str, Any]) -
         return kind(config)
     except KafkaException as e:  # a configuration librdkafka refuses (it connects later, never here)
         raise ConfigurationError(f"Kafka client settings refused: {e.args[0].str() if e.args else e}") from e
+
+
+def _close_quietly(producer: Producer) -> None:
+    """Drop what is queued, then close: confluent-kafka's close() flushes without a time limit."""
+    try:
+        producer.purge()
+        producer.poll(0)  # the purged records' callbacks: their senders learn they failed
+    except KafkaException as e:
+        logger.debug("producer purge at close: %s", e)
+    try:
+        producer.close()
+    except Exception as e:  # KafkaException, or SystemError from confluent-kafka 2.16 on a fenced producer
+        logger.debug("producer close: %s", e)
+
+
+def _membership(group_metadata: object) -> tuple[int, str] | None:
+    """(generation, member id) of librdkafka's serialised group metadata, version 2 (what
+    `Consumer.consumer_group_metadata()` returns in confluent-kafka 2.x); None for a form not known here, which
+    is then left to the coordinator."""
+    if not isinstance(group_metadata, bytes) or not group_metadata.startswith(b"CGMDv2:"):
+        return None
+    body = group_metadata[len(b"CGMDv2:") :]
+    if len(body) < 6:
+        return None
+    generation = int.from_bytes(body[:4], sys.byteorder, signed=True)  # written in the host's byte order
+    fields = body[4:].split(b"\0")
+    if len(fields) < 3:
+        return None
+    return generation, fields[1].decode("utf-8", "replace")
 
 
 def _ours(partitions: Iterable[KafkaTopicPartition]) -> set[TopicPartition]:
@@ -179,6 +231,7 @@ class ConfluentConsumer:
         self._consumer = _create(Consumer, config | {"error_cb": self._errors, "logger": librdkafka_logger})
         # Where a partition will be read from while librdkafka does not know (see `_positions`).
         self._sought: dict[TopicPartition, int] = {}
+        self._lag_committed_failed_at = -math.inf
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         def assigned(_consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
@@ -203,6 +256,7 @@ class ConfluentConsumer:
             self._errors.raise_pending()
             logger.debug("metadata not read: %s", e)
             return False
+        self._errors.succeeded()
         return all(t in metadata.topics and metadata.topics[t].partitions for t in topics)
 
     def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]:
@@ -211,6 +265,8 @@ class ConfluentConsumer:
             messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
         except KafkaException as e:
             raise translate(e, "poll") from e
+        if messages:
+            self._errors.succeeded()
         records: list[RawRecord] = []
         for n, m in enumerate(messages):
             try:
@@ -248,7 +304,9 @@ class ConfluentConsumer:
         for tp, offset in first.items():
             self.seek(tp, offset)
 
-    def _positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+    def _positions(
+        self, partitions: Sequence[TopicPartition], ask_committed: bool = True
+    ) -> dict[TopicPartition, int]:
         """The next offset each partition will be read from. librdkafka knows it once a fetch came back for the
         partition (past transaction markers, too), and forgets it at a seek; until then it is where the
         partition was sought, or the group's committed offset (asked once), or the start of the log."""
@@ -260,6 +318,8 @@ class ConfluentConsumer:
             if offset < 0 and tp in self._sought:
                 positions[tp] = self._sought[tp]
         unknown = [tp for tp, offset in positions.items() if offset < 0]
+        if unknown and not ask_committed:
+            return {tp: offset for tp, offset in positions.items() if offset >= 0}
         for tp, committed in (self.committed(unknown) if unknown else {}).items():
             start = committed
             if start is None:
@@ -285,8 +345,9 @@ class ConfluentConsumer:
         return readable
 
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
-        # librdkafka's synchronous commit has no timeout of its own: it fails at once without a coordinator
-        # (_WAIT_COORD), and an in-flight request is bounded by socket.timeout.ms (set by the factory).
+        # librdkafka's synchronous commit takes no timeout: without a coordinator it waits for one up to
+        # session.timeout.ms, then fails; a request in flight is bounded by socket.timeout.ms. So `timeout_s` is
+        # not kept to the second, but the wait is bounded (about 20 s at most with the factory's settings).
         if not offsets:
             return
         try:
@@ -314,6 +375,11 @@ class ConfluentConsumer:
             answered = self._consumer.committed(asked, timeout=COMMITTED_TIMEOUT_S)
         except KafkaException as e:
             raise translate(e, "reading committed offsets") from e
+        for tp in answered:
+            # An error of one partition (e.g. UNSTABLE_OFFSET_COMMIT while a transaction is pending) also comes
+            # back as "no offset": taken as never committed, the partition would be read from its start.
+            if tp.error is not None:
+                raise translate_error(tp.error, f"reading the committed offset of {tp.topic}[{tp.partition}]")
         return {
             TopicPartition(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in answered
         }
@@ -321,12 +387,16 @@ class ConfluentConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         try:
             self._consumer.seek(_theirs(tp, offset))
-            if offset >= 0:
-                self._sought[tp] = offset
-            else:  # the start of the log: learnt again when asked
-                self._sought.pop(tp, None)
-        except KafkaException as e:  # not assigned any more: the next owner starts from the committed offset
-            logger.debug("%s[%d] not sought to %d: %s", tp.topic, tp.partition, offset, e)
+        except KafkaException as e:
+            if tp not in self.assignment():  # the next owner starts from the committed offset
+                logger.debug("%s[%d] not sought to %d: %s", tp.topic, tp.partition, offset, e)
+                return
+            # Still ours (e.g. not fetching yet): skipping the rewind would skip records; the runtime retries.
+            raise translate(e, f"seeking {tp.topic}[{tp.partition}] to {offset}") from e
+        if offset >= 0:
+            self._sought[tp] = offset
+        else:  # the start of the log: learnt again when asked
+            self._sought.pop(tp, None)
 
     def seek_to_start(self, tp: TopicPartition) -> None:
         self.seek(tp, OFFSET_BEGINNING)
@@ -341,12 +411,14 @@ class ConfluentConsumer:
         # The watermarks of the last fetch response and the position: known locally (but for a partition not
         # fetched from yet, whose committed offset is asked once).
         lag: dict[TopicPartition, int] = {}
+        ask = time.monotonic() - self._lag_committed_failed_at >= LAG_COMMITTED_RETRY_S
         try:
-            for tp, position in self._positions(sorted(self.assignment())).items():
+            for tp, position in self._positions(sorted(self.assignment()), ask_committed=ask).items():
                 _low, high = self._consumer.get_watermark_offsets(_theirs(tp), cached=True)
                 if high >= 0:
                     lag[tp] = max(0, high - position)
         except (KafkaException, PipelineError) as e:
+            self._lag_committed_failed_at = time.monotonic()
             logger.debug("lag not read: %s", e)
         return lag
 
@@ -394,7 +466,10 @@ class ConfluentProducer:
                 )
                 break
             except BufferError:  # the local queue is full: serve deliveries until there is room
-                self._producer.poll(0.1)
+                try:
+                    self._producer.poll(0.1)
+                except KafkaException as e:
+                    raise self._after_fatal(e) from e
             except KafkaException as e:
                 error = _error_of(e)
                 if error is not None and error.code() in _TOO_LARGE:
@@ -403,7 +478,12 @@ class ConfluentProducer:
                     ) from e
                 if error is not None and error.code() in _FENCED:
                     raise self._fenced(error) from e
-                raise PublishError(f"send to {record.topic} failed: {translate(e, 'send')}") from e
+                if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
+                    raise self._after_fatal(e) from e
+                translated = translate(e, "send")
+                raise PublishError(
+                    f"send to {record.topic} failed: {translated}", retriable=translated.retriable
+                ) from e
             except (TypeError, ValueError) as e:
                 raise RecordRefusedError(f"record refused by the client: {e}", [record]) from e
         self._deliveries.append((record, outcome))
@@ -417,10 +497,13 @@ class ConfluentProducer:
             if error is not None and error.code() in _FENCED:
                 raise self._fenced(error) from e
             raise self._after_fatal(e) from e
-        failed = [(r, outcome[0]) for r, outcome in deliveries if not outcome or outcome[0] is not None]
-        self._errors.raise_pending()
+        # An empty outcome: not delivered within the timeout (still queued, or in flight).
+        failed = [(r, outcome[0] if outcome else None) for r, outcome in deliveries if outcome != [None]]
         if not failed:
+            if deliveries:
+                self._errors.succeeded()
             return
+        self._errors.raise_pending()
         causes = [e for _, e in failed if e is not None]
         fenced = next((e for e in causes if e.code() in _FENCED), None)
         if self.transactional and fenced is not None:
@@ -445,7 +528,8 @@ class ConfluentProducer:
         (TransactionError); a plain one is replaced here, and the batch sent again through the new one."""
         if self.transactional:
             return TransactionError(f"producer failed: {translate(e, 'flush')}")
-        self._producer = _create(Producer, self._config)
+        old, self._producer = self._producer, _create(Producer, self._config)
+        _close_quietly(old)
         return PublishError(f"producer failed and was replaced: {translate(e, 'flush')}", retriable=True)
 
     def _fenced(self, error: KafkaError) -> FencedError:
@@ -475,6 +559,11 @@ class ConfluentProducer:
     def commit_transaction(
         self, offsets: Mapping[TopicPartition, int], group_metadata: object, timeout_s: float
     ) -> None:
+        membership = _membership(group_metadata)
+        if offsets and membership is not None and (membership[0] < 0 or not membership[1]):
+            # librdkafka clears the member id (max.poll.interval passed) or the generation (an illegal one) on
+            # its own thread; a coordinator does not fence a commit made under either, so refuse it here.
+            raise TransactionError(f"not committing: this consumer is not a group member ({membership})")
         try:
             if offsets:
                 self._producer.send_offsets_to_transaction(
@@ -483,7 +572,7 @@ class ConfluentProducer:
             self._producer.commit_transaction(timeout_s)
         except KafkaException as e:
             raise self._transaction_error(e, "transaction not committed") from e
-        self._errors.raise_pending()
+        self._errors.succeeded()
 
     def abort_transaction(self, timeout_s: float) -> None:
         try:
@@ -496,10 +585,9 @@ class ConfluentProducer:
         # broker that is away; a transaction left open is aborted, or fenced by the next producer of its id.
         try:
             self._producer.flush(timeout_s)
-            self._producer.purge()
-            self._producer.close()
-        except KafkaException as e:  # e.g. a fenced producer's fatal state: nothing left to do
-            logger.debug("producer close: %s", e)
+        except KafkaException as e:  # e.g. a fenced producer's fatal state: nothing left to deliver
+            logger.debug("producer flush at close: %s", e)
+        _close_quietly(self._producer)
 
 
 class ConfluentSharedProducer:
@@ -509,7 +597,10 @@ class ConfluentSharedProducer:
 
     def __init__(self, config: dict[str, Any], role: str) -> None:
         self._errors = _Errors(role)
-        self._producer = _create(Producer, config | {"error_cb": self._errors, "logger": librdkafka_logger})
+        self._config = config | {"error_cb": self._errors, "logger": librdkafka_logger}
+        self._producer = _create(Producer, self._config)
+        self._failed = False  # a fatal error: the next send replaces the producer
+        self._replacing = threading.Lock()
         self._partitions: dict[str, list[int]] = {}
         self._turns: dict[str, itertools.count[int]] = {}
         self._closing = threading.Event()
@@ -517,8 +608,29 @@ class ConfluentSharedProducer:
         self._poller.start()
 
     def _serve_deliveries(self) -> None:
+        # Never dies: a fatal error (raised from poll, not given to error_cb) marks the producer for replacement,
+        # and a callback that raises is logged; either way the acks of other records keep coming.
         while not self._closing.is_set():
-            self._producer.poll(0.1)
+            producer = self._producer
+            try:
+                producer.poll(0.1)
+            except KafkaException as e:
+                logger.error(
+                    "the shared producer failed (%s); the next send replaces it", translate(e, "poll")
+                )
+                self._failed = True
+                self._closing.wait(0.5)
+            except Exception:
+                logger.exception("a delivery callback raised")
+
+    def _replace_if_failed(self) -> None:
+        with self._replacing:
+            if not self._failed:
+                return
+            old, self._producer = self._producer, _create(Producer, self._config)
+            self._failed = False
+        _close_quietly(old)  # its records in flight fail: their requests are answered 503
+        logger.warning("the shared producer was replaced after a fatal error")
 
     def prepare(self, topics: Sequence[str], timeout_s: float) -> None:
         self._errors.raise_pending()
@@ -534,6 +646,7 @@ class ConfluentSharedProducer:
                 raise BrokerUnavailableError(f"topic {topic}: {reason}")
             self._partitions[topic] = sorted(found.partitions)
             self._turns.setdefault(topic, itertools.count())
+        self._errors.succeeded()
 
     def send(
         self,
@@ -544,6 +657,7 @@ class ConfluentSharedProducer:
         on_delivered: OnDelivered,
     ) -> None:
         self._errors.raise_pending()
+        self._replace_if_failed()
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
             on_delivered(None if error is None else PublishError(f"{error.name()}: {error.str()}"))
@@ -558,6 +672,9 @@ class ConfluentSharedProducer:
         except BufferError as e:
             raise PublishError("the producer's local queue is full") from e
         except KafkaException as e:
+            error = _error_of(e)
+            if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
+                self._failed = True  # replaced at the next send
             raise PublishError(f"send to {topic} failed: {translate(e, 'send')}") from e
 
     def close(self, timeout_s: float) -> None:
@@ -569,14 +686,9 @@ class ConfluentSharedProducer:
                     left,
                     timeout_s,
                 )
-                self._producer.purge()
-                self._producer.poll(0)  # their callbacks: each waiting request learns its records failed
         except KafkaException as e:
             logger.warning("closing the producer: %s", e)
         finally:
             self._closing.set()
             self._poller.join(1.0)
-            try:
-                self._producer.close()
-            except KafkaException as e:
-                logger.debug("producer close: %s", e)
+            _close_quietly(self._producer)  # each waiting request learns its dropped records failed

@@ -58,10 +58,10 @@ class PipelineSettings(BaseSettings):
         None, description="Password of KAFKA_SSL_KEYFILE when it is encrypted (never logged)."
     )
     kafka_client: KafkaClientName = Field(
-        "kafka-python",
-        description="The Kafka client library of the consumers and producers: confluent-kafka (librdkafka, "
-        "about a fifth of the CPU per record) or kafka-python (pure Python). Admin and lag queries use "
-        "kafka-python either way.",
+        "confluent-kafka",
+        description="The Kafka client library of the consumers and producers: confluent-kafka (librdkafka; "
+        "less CPU per image in every service, docs/benchmarks.md) or kafka-python (pure Python). Topic "
+        "administration and the admission's offset queries use kafka-python either way.",
     )
     kafka_client_id_prefix: str = Field("image-classifier", description="Start of every Kafka client id.")
     kafka_connect_timeout_s: float = Field(

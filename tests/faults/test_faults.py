@@ -62,16 +62,32 @@ def on_topic(system: System, ids: set[str], exactly_once: bool = True) -> tuple[
     return lost, duplicated
 
 
-@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+# Both guarantees on the default client (confluent-kafka), exactly-once on kafka-python too.
+@pytest.mark.parametrize(
+    ("guarantee", "client"),
+    [
+        ("exactly-once", "confluent-kafka"),
+        ("at-least-once", "confluent-kafka"),
+        ("exactly-once", "kafka-python"),
+    ],
+)
 def test_kill_9_one_of_two_consumers_in_flight(
-    system_factory: Callable[..., System], photos: dict[str, bytes], output_dir: Path, guarantee: str
+    system_factory: Callable[..., System],
+    photos: dict[str, bytes],
+    output_dir: Path,
+    guarantee: str,
+    client: str,
 ) -> None:
     # At-least-once commits every 2 s here, so that the victim surely dies with finished, uncommitted work:
     # the duplicates it then leaves on the topic show that the count sees them, and so that exactly-once's 0 means
     # something. (Exactly-once commits with each batch whatever COMMIT_INTERVAL_MS says.)
     # Admission counts uncommitted images as waiting, so its limit is raised for the 300 uploaded at once.
     system = system_factory(
-        consumers=2, PROCESSING_GUARANTEE=guarantee, COMMIT_INTERVAL_MS="2000", MAX_BACKLOG_IMAGES="2000"
+        consumers=2,
+        PROCESSING_GUARANTEE=guarantee,
+        COMMIT_INTERVAL_MS="2000",
+        MAX_BACKLOG_IMAGES="2000",
+        KAFKA_CLIENT=client,
     )
     jobs = upload_many(system, photos["coffee"], requests=75)  # 300 images
     ids = {job["id"] for job in jobs}
@@ -88,7 +104,7 @@ def test_kill_9_one_of_two_consumers_in_flight(
     assert system.services["inference-2"].running, "the surviving consumer took over"
     record(
         output_dir,
-        f"kill -9 one of two consumers ({guarantee})",
+        f"kill -9 one of two consumers ({guarantee}, {client})",
         images=len(ids),
         in_flight_at_fault=in_flight,
         faults=1,
@@ -97,16 +113,22 @@ def test_kill_9_one_of_two_consumers_in_flight(
     )
 
 
+@pytest.mark.parametrize("kafka_client", ["confluent-kafka", "kafka-python"])
 def test_broker_stopped_while_uploading_then_restarted(
     system_factory: Callable[..., System],
     local_broker_factory: Callable[[], object],
     photos: dict[str, bytes],
     output_dir: Path,
+    kafka_client: str,
 ) -> None:
     broker = local_broker_factory()
     broker.start()  # type: ignore[attr-defined]
     try:
-        system = system_factory(consumers=1, bootstrap=broker.bootstrap_servers)  # type: ignore[attr-defined]
+        system = system_factory(
+            consumers=1,
+            bootstrap=broker.bootstrap_servers,  # type: ignore[attr-defined]
+            KAFKA_CLIENT=kafka_client,
+        )
         accepted = {job["id"] for job in upload_many(system, photos["coffee"], requests=10)}
         broker.kill()  # type: ignore[attr-defined]
         with httpx.Client(base_url=system.api_url, timeout=30) as client:
@@ -133,7 +155,7 @@ def test_broker_stopped_while_uploading_then_restarted(
             assert wait_by_polling(client, after[0]["result_url"])["label"] == "espresso"
         record(
             output_dir,
-            "broker stopped and restarted",
+            f"broker stopped and restarted ({kafka_client})",
             images=len(accepted),
             faults=1,
             seconds_to_503=round(refusal_s, 2),

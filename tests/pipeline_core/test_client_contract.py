@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from pipeline_core.clients import create_consumer_client, create_producer_client
-from pipeline_core.errors import RecordRefusedError
+from pipeline_core.errors import PipelineError, RecordRefusedError
 from pipeline_core.events import RawRecord
 from pipeline_core.kafka_client import ConsumerClient, OutRecord, ProducerClient, TopicPartition, next_offsets
 from pipeline_core.settings import PipelineSettings
@@ -62,9 +62,9 @@ def send_all(settings: PipelineSettings, records: list[OutRecord]) -> None:
     producer.close(5)
 
 
-def send_and_flush(producer: ProducerClient, record: OutRecord) -> None:
+def send_and_flush(producer: ProducerClient, record: OutRecord, timeout_s: float = 30) -> None:
     producer.send(record)
-    producer.flush(30)
+    producer.flush(timeout_s)
 
 
 def joined(settings: PipelineSettings, group: str, listener: Listener | None = None) -> ConsumerClient:
@@ -218,3 +218,18 @@ def test_lag_covers_every_assigned_partition_and_falls_to_zero(client_settings: 
         lag = consumer.lag()
     consumer.close()
     assert lag == {TopicPartition(s.topic_images, p): 0 for p in range(s.topic_partitions)}
+
+
+def test_a_flush_with_no_broker_fails_retriably(pipeline_settings: PipelineSettings) -> None:
+    # librdkafka only: it connects lazily, so the flush is where a missing broker shows. (kafka-python bootstraps
+    # at creation and fails there, retriably, after 30 s: the broker fault tests in tests/faults cover it.)
+    from kafka_local import free_port
+
+    s = pipeline_settings.model_copy(
+        update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}", "kafka_client": "confluent-kafka"}
+    )
+    record = OutRecord(s.topic_images, b"k", b"v")
+    with pytest.raises(PipelineError) as failed:
+        send_and_flush(create_producer_client(s, "tests"), record, timeout_s=2)
+    assert failed.value.retriable, failed.value
+    assert "not acknowledged" in str(failed.value)
