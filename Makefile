@@ -14,9 +14,10 @@ UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-versi
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 AUDIT_ARGS ?=
-TYPED := pipeline_core kafka_local producer_api results_sink inference_consumer classify_cli launcher
+TYPED := pipeline_core kafka_local producer_api results_sink inference_consumer classify_cli launcher \
+	benchmarks/capacity.py benchmarks/store_bench.py
 
-.PHONY: help run test test-fast check audit lock bench bench-guarantees lint typecheck jars clean
+.PHONY: help run test test-fast check audit lock bench bench-guarantees bench-store capacity lint typecheck jars clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -67,6 +68,12 @@ bench: $(STAMP) jars  ## measure the pipeline against the model's own ceiling; w
 
 bench-guarantees: $(STAMP) jars  ## what exactly-once costs against at-least-once; writes docs/benchmarks/guarantees.* (~4 min)
 	$(PY) -m benchmarks.guarantee_bench
+
+bench-store: $(STAMP) jars  ## the results stores' write and NOTIFY rates, SSE memory per stream; writes docs/benchmarks/store.* (~1 min)
+	$(PY) -m benchmarks.store_bench
+
+capacity: $(STAMP)  ## the capacity model for 1,000-100,000 images/s from the benchmarks' results; writes docs/scaling.md
+	$(PY) -m benchmarks.capacity
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 from kafka import KafkaProducer
-from pg_server import PostgresBinariesMissingError, fresh_database, provide_postgres
 from sink_helpers import SECRET, SinkServer
 
+from kafka_local.postgres import PostgresBinariesMissingError, fresh_database, provide_postgres
 from pipeline_core.clients import create_producer
 from pipeline_core.events import PredictionEvent, encode_prediction
 from pipeline_core.jobs import new_job_id

@@ -1,4 +1,5 @@
-"""The tests' PostgreSQL: the server POSTGRES_URL names, else a throwaway one from Debian's `postgresql`."""
+"""PostgreSQL for the tests and the benchmarks: the server POSTGRES_URL names, else a throwaway one from Debian's
+`postgresql` binaries (initdb + pg_ctl in a temporary directory, on a free port)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from kafka_local import free_port
+from kafka_local.broker import free_port
 
 SERVER_USER = "postgres"  # PostgreSQL refuses to run as root; as root we run it as this system user
 MISSING = (
@@ -49,9 +50,14 @@ def with_database(url: str, dbname: str) -> str:
 
 
 class LocalPostgres:
-    """initdb + pg_ctl in a temporary directory, trust auth, listening on 127.0.0.1:<free port>."""
+    """initdb + pg_ctl in a temporary directory, trust auth, listening on 127.0.0.1:<free port>.
 
-    def __init__(self) -> None:
+    `durable=False` (the tests') turns fsync, synchronous commit and full-page writes off; `durable=True` keeps
+    PostgreSQL's defaults (a commit waits for its WAL flush), as a production server runs, for benchmarks.
+    """
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.bin_dir = find_bin_dir()
         self.as_root = os.geteuid() == 0
         self.base = Path(tempfile.mkdtemp(prefix="sink-pg-"))
@@ -86,11 +92,10 @@ class LocalPostgres:
             "--locale=C",
             "--no-sync",
         )
-        # Durability settings off: a test server loses nothing worth keeping, and starts and writes faster.
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.socket_dir} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.socket_dir} -c max_connections=200"
+        if not self.durable:
+            # Durability settings off: a test server loses nothing worth keeping, and starts and writes faster.
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bin_dir / "pg_ctl"),
             "-D",
@@ -113,12 +118,13 @@ class LocalPostgres:
 
 
 @contextmanager
-def provide_postgres() -> Iterator[str]:
-    """The URL of a server where we may create databases: POSTGRES_URL, else a throwaway local one."""
+def provide_postgres(*, durable: bool = False) -> Iterator[str]:
+    """The URL of a server where we may create databases: POSTGRES_URL, else a throwaway local one
+    (`durable`: see `LocalPostgres`; a POSTGRES_URL server keeps its own settings)."""
     if url := os.environ.get("POSTGRES_URL"):
         yield url
         return
-    server = LocalPostgres()
+    server = LocalPostgres(durable=durable)
     server.start()
     try:
         yield server.url
