@@ -262,9 +262,18 @@ class ConfluentConsumer:
     def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]:
         self._errors.raise_pending()
         try:
-            messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+            # consume(n, timeout) waits until it has n messages or the timeout passed: at a light load every
+            # poll would wait the whole BATCH_MAX_WAIT_MS for a full batch (seen: 450 ms added at 10% load).
+            # As kafka-python's poll does, wait only for the first, then take what is already fetched.
+            first = self._consumer.poll(timeout_s)
         except KafkaException as e:
             raise translate(e, "poll") from e
+        messages = [first] if first is not None else []
+        if first is not None and max_records > 1:
+            try:
+                messages += self._consumer.consume(num_messages=max_records - 1, timeout=0)
+            except KafkaException as e:  # the first is in hand: hand it over, the rest comes next time
+                logger.debug("poll: %s", e)
         if messages:
             self._errors.succeeded()
         records: list[RawRecord] = []

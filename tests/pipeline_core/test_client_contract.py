@@ -233,3 +233,22 @@ def test_a_flush_with_no_broker_fails_retriably(pipeline_settings: PipelineSetti
         send_and_flush(create_producer_client(s, "tests"), record, timeout_s=2)
     assert failed.value.retriable, failed.value
     assert "not acknowledged" in str(failed.value)
+
+
+def test_a_poll_returns_as_soon_as_a_record_is_there_not_when_the_batch_is_full(
+    client_settings: PipelineSettings,
+) -> None:
+    s = client_settings
+    consumer = joined(s, s.consumer_group_inference)
+    wait_for(lambda: bool(consumer.assignment()), [consumer])
+    send_all(s, [OutRecord(s.topic_images, None, b"alone")])
+    timeout_s = 10.0
+    started = time.monotonic()
+    got = consumer.poll(timeout_s, 100)
+    while not got and time.monotonic() - started < timeout_s:  # the record may need one more fetch
+        got = consumer.poll(timeout_s, 100)
+    waited = time.monotonic() - started
+    consumer.close()
+    assert [r.value for r in got] == [b"alone"]
+    # Far less than one poll's timeout: a client that waited to fill the batch would take all of it.
+    assert waited < timeout_s / 2, f"{waited:.1f} s for one record"
