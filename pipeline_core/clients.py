@@ -44,27 +44,60 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _common(settings: PipelineSettings, role: str) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+def _connection(settings: PipelineSettings, role: str) -> dict[str, Any]:
+    """Where and how to connect, in neutral names (`_KAFKA_PYTHON_NAMES`, `_LIBRDKAFKA_NAMES` say them in each
+    library's words); settings that are unset are left out."""
+    password = settings.kafka_sasl_password
+    key_password = settings.kafka_ssl_key_password
+    connection = {
+        "servers": settings.kafka_bootstrap_servers,
         "client_id": f"{settings.kafka_client_id_prefix}-{role}-{socket.gethostname()}-{os.getpid()}",
-        "security_protocol": settings.kafka_security_protocol,
-        # kafka-python backs off up to 30 s between reconnects by default; a broker that comes back should be
-        # used again within a second.
+        "protocol": settings.kafka_security_protocol,
+        # A broker that comes back should be used again within a second (kafka-python backs off up to 30 s).
         "reconnect_backoff_max_ms": 1000,
+        "sasl_mechanism": settings.kafka_sasl_mechanism,
+        "sasl_username": settings.kafka_sasl_username if settings.kafka_sasl_mechanism else None,
+        "sasl_password": password.get_secret_value() if password and settings.kafka_sasl_mechanism else None,
+        "ca_file": settings.kafka_ssl_cafile,
+        "cert_file": settings.kafka_ssl_certfile,
+        "key_file": settings.kafka_ssl_keyfile if settings.kafka_ssl_certfile else None,
+        "key_password": key_password.get_secret_value() if key_password else None,
     }
-    if settings.kafka_sasl_mechanism:
-        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        config["sasl_plain_username"] = settings.kafka_sasl_username
-        assert settings.kafka_sasl_password is not None  # guaranteed by the settings validator
-        config["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    if settings.kafka_ssl_cafile:
-        config["ssl_cafile"] = settings.kafka_ssl_cafile
-    if settings.kafka_ssl_certfile:
-        config["ssl_certfile"] = settings.kafka_ssl_certfile
-        config["ssl_keyfile"] = settings.kafka_ssl_keyfile
-    if settings.kafka_ssl_key_password:
-        config["ssl_password"] = settings.kafka_ssl_key_password.get_secret_value()
+    return {name: value for name, value in connection.items() if value is not None}
+
+
+_KAFKA_PYTHON_NAMES = {
+    "servers": "bootstrap_servers",
+    "client_id": "client_id",
+    "protocol": "security_protocol",
+    "reconnect_backoff_max_ms": "reconnect_backoff_max_ms",
+    "sasl_mechanism": "sasl_mechanism",
+    "sasl_username": "sasl_plain_username",
+    "sasl_password": "sasl_plain_password",
+    "ca_file": "ssl_cafile",
+    "cert_file": "ssl_certfile",
+    "key_file": "ssl_keyfile",
+    "key_password": "ssl_password",
+}
+_LIBRDKAFKA_NAMES = {
+    "servers": "bootstrap.servers",
+    "client_id": "client.id",
+    "protocol": "security.protocol",
+    "reconnect_backoff_max_ms": "reconnect.backoff.max.ms",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_username": "sasl.username",
+    "sasl_password": "sasl.password",
+    "ca_file": "ssl.ca.location",
+    "cert_file": "ssl.certificate.location",
+    "key_file": "ssl.key.location",
+    "key_password": "ssl.key.password",
+}
+
+
+def _common(settings: PipelineSettings, role: str) -> dict[str, Any]:
+    """The connection in kafka-python's words."""
+    config = {_KAFKA_PYTHON_NAMES[name]: value for name, value in _connection(settings, role).items()}
+    config["bootstrap_servers"] = settings.kafka_bootstrap_servers.split(",")
     return config
 
 
@@ -227,28 +260,9 @@ def _sasl_refusal(settings: PipelineSettings) -> str | None:
 
 
 def _librdkafka_common(settings: PipelineSettings, role: str) -> dict[str, Any]:
-    """The connection settings of `_common`, in librdkafka's names."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "client.id": f"{settings.kafka_client_id_prefix}-{role}-{socket.gethostname()}-{os.getpid()}",
-        "security.protocol": settings.kafka_security_protocol,
-        "reconnect.backoff.max.ms": 1000,  # a broker that comes back is used again within a second
-        "socket.timeout.ms": 10_000,  # also bounds a synchronous offset commit in flight
-    }
-    if settings.kafka_sasl_mechanism:
-        assert settings.kafka_sasl_password is not None  # guaranteed by the settings validator
-        config |= {
-            "sasl.mechanism": settings.kafka_sasl_mechanism,
-            "sasl.username": settings.kafka_sasl_username,
-            "sasl.password": settings.kafka_sasl_password.get_secret_value(),
-        }
-    if settings.kafka_ssl_cafile:
-        config["ssl.ca.location"] = settings.kafka_ssl_cafile
-    if settings.kafka_ssl_certfile:
-        config["ssl.certificate.location"] = settings.kafka_ssl_certfile
-        config["ssl.key.location"] = settings.kafka_ssl_keyfile
-    if settings.kafka_ssl_key_password:
-        config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+    """The connection in librdkafka's words."""
+    config = {_LIBRDKAFKA_NAMES[name]: value for name, value in _connection(settings, role).items()}
+    config["socket.timeout.ms"] = 10_000  # also bounds a synchronous offset commit in flight
     return config
 
 

@@ -91,20 +91,14 @@ def translate_error(error: KafkaError, doing: str) -> PipelineError:
     may come back."""
     code = error.code()
     if code in _CREDENTIALS:
-        return KafkaAccessError(
-            f"{doing}: the cluster refused the credentials ({error.str()}): check KAFKA_SASL_USERNAME, "
-            "KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
-        )
+        return KafkaAccessError.credentials_refused(doing, error.str())
     if code == KafkaError._SSL:
         return KafkaAccessError(
             f"{doing}: TLS with the broker failed ({error.str()}): check KAFKA_SSL_CAFILE (the CA that signed "
             "the brokers' certificates) and KAFKA_SECURITY_PROTOCOL"
         )
     if code in _DENIED:
-        return KafkaAccessError(
-            f"{doing}: the cluster refused this client ({error.name()}): the principal of "
-            "KAFKA_SASL_USERNAME lacks an ACL (docs/operations.md lists what each service needs)"
-        )
+        return KafkaAccessError.acl_missing(doing, error.name())
     # Fatal errors (a fenced idempotent producer) cannot pass on a retry of this client; everything else is a
     # broker that is away or busy, which the runtime waits out.
     return BrokerUnavailableError(f"{doing}: {error.name()}: {error.str()}", retriable=not error.fatal())
@@ -232,8 +226,11 @@ class ConfluentConsumer:
         # Where a partition will be read from while librdkafka does not know (see `_positions`).
         self._sought: dict[TopicPartition, int] = {}
         self._lag_committed_failed_at = -math.inf
+        self._subscribed = False
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
+        self._subscribed = True
+
         def assigned(_consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
             for tp in _ours(partitions):
                 self._sought.pop(tp, None)
@@ -249,6 +246,9 @@ class ConfluentConsumer:
         self._consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def topics_known(self, topics: Sequence[str]) -> bool:
+        if not self._subscribed:
+            # librdkafka hands error events over only inside poll; not subscribed yet, a poll returns no record.
+            self._consumer.poll(0)
         self._errors.raise_pending()
         try:
             metadata = self._consumer.list_topics(timeout=1.0)

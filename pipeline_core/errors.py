@@ -52,6 +52,22 @@ class RecordRefusedError(PublishError):
 class KafkaAccessError(ConfigurationError):
     """The cluster refused this client: authentication failed or an ACL is missing. Fix the named setting."""
 
+    @classmethod
+    def credentials_refused(cls, doing: str, detail: str) -> KafkaAccessError:
+        """The cluster refused the SASL credentials (the same words whichever Kafka client saw it)."""
+        return cls(
+            f"{doing}: the cluster refused the credentials ({detail}): check KAFKA_SASL_USERNAME, "
+            "KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+        )
+
+    @classmethod
+    def acl_missing(cls, doing: str, detail: str) -> KafkaAccessError:
+        """The cluster refused an operation to this principal."""
+        return cls(
+            f"{doing}: the cluster refused this client ({detail}): the principal of KAFKA_SASL_USERNAME lacks "
+            "an ACL (docs/operations.md lists what each service needs)"
+        )
+
 
 class CommitRefusedError(PipelineError):
     """The group refused an offset commit because the partitions moved; their next owner re-reads them."""

@@ -48,15 +48,9 @@ def translate(error: KafkaError, doing: str) -> PipelineError:
     """One kafka-python error as the project's: refused access is a configuration error, the rest a broker
     that may come back (retriable when kafka-python says so)."""
     if isinstance(error, SaslAuthenticationFailedError):
-        return KafkaAccessError(
-            f"{doing}: the cluster refused the credentials ({error}): check KAFKA_SASL_USERNAME, "
-            "KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
-        )
+        return KafkaAccessError.credentials_refused(doing, str(error))
     if isinstance(error, AuthorizationError):
-        return KafkaAccessError(
-            f"{doing}: the cluster refused this client ({type(error).__name__}): the principal of "
-            "KAFKA_SASL_USERNAME lacks an ACL (docs/operations.md lists what each service needs)"
-        )
+        return KafkaAccessError.acl_missing(doing, type(error).__name__)
     retriable = bool(getattr(error, "retriable", False)) or isinstance(error, KafkaTimeoutError)
     return BrokerUnavailableError(f"{doing}: {type(error).__name__}: {error}", retriable=retriable)
 

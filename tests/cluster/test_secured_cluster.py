@@ -321,3 +321,41 @@ def test_a_missing_acl_is_named(system: System, cluster: LocalCluster) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-2000:]
     assert "ACL" in output and "KAFKA_SASL_USERNAME" in output, output[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("wrong", "named"),
+    [
+        ({"KAFKA_SASL_PASSWORD": "not-the-password"}, "KAFKA_SASL_PASSWORD"),
+        ({"KAFKA_SSL_CAFILE": None}, "KAFKA_SSL_CAFILE"),
+    ],
+)
+def test_librdkafka_reports_a_refused_setting_from_its_threads_and_the_client_raises_it(
+    system: System, cluster: LocalCluster, tmp_path: Path, wrong: dict[str, str | None], named: str
+) -> None:
+    """confluent-kafka never fails at creation: the wrapper raises what librdkafka reported, naming the setting,
+    from the runtime's next call (here the join's metadata check), once it has persisted."""
+    from pipeline_core.clients import create_consumer_client
+    from pipeline_core.errors import KafkaAccessError
+
+    if "KAFKA_SSL_CAFILE" in wrong:
+        wrong = {"KAFKA_SSL_CAFILE": str(ensure_tls(tmp_path / "other-ca").ca)}
+    env = cluster.client_env("sink") | {k: v for k, v in wrong.items() if v is not None}
+    settings = PipelineSettings.model_validate(
+        {k.lower(): v for k, v in env.items()} | {"kafka_client": "confluent-kafka"}
+    )
+    consumer = create_consumer_client(settings, "tests", "tests-refused")
+    topics = [system.settings().topic_images]
+
+    def join_until_refused() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            consumer.topics_known(topics)
+            time.sleep(0.2)
+
+    try:
+        with pytest.raises(KafkaAccessError, match=named) as refused:
+            join_until_refused()
+    finally:
+        consumer.close()
+    assert "not-the-password" not in str(refused.value), "a secret in the error"
