@@ -15,6 +15,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 import tempfile
@@ -217,6 +218,8 @@ def run_level(
     summary = summarise(load, meter.stop())
     for profiler in profilers:
         profiler.wait(timeout=60)
+    if profile_dir:
+        strip_local_paths(profile_dir)
     logger.info(
         "offered %.0f img/s: completed %.1f img/s, p50 %s ms, p99 %s ms, shed %d, errors %d, timed out %d",
         rate,
@@ -282,6 +285,17 @@ def start_profilers(
             )
         )
     return profilers
+
+
+def strip_local_paths(profile_dir: Path) -> None:
+    """py-spy writes its command line, with this machine's paths, into each flame graph's title: keep the
+    committed graphs free of them (paths relative to the project, the tool by its name)."""
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    for svg in profile_dir.glob("*.svg"):
+        text = svg.read_text()
+        cleaned = re.sub(r"[^\s>\"]*/py-spy record", "py-spy record", text).replace(root, "")
+        if cleaned != text:
+            svg.write_text(cleaned)
 
 
 def summarise_broker_profile(profile_dir: Path, top: int = 25) -> str | None:
