@@ -871,7 +871,7 @@ def render_page(m: Measured, a: Assumptions) -> str:
         f"`make bench`'s sweep that still kept up ({m.level}, {m.level_images_per_s:.0f} images/s). A role needs "
         f"rate x CPU per image cores, on machines of {a.cores_per_machine} cores each planned at "
         f"{a.utilisation:.0%} busy. The figures include each process's idle costs (polls, heartbeats), so they "
-        "over-state a busier machine a little.",
+        "over-state a busier machine (the broker's most: see its note below).",
         "- **Inference**: one consumer per core (2 consumers x 1 thread was as fast as any split on 2 cores); the "
         "images topic needs at least one partition per consumer, and one per "
         f"{_bytes(a.partition_bytes_per_s)}/s of records.",

@@ -341,10 +341,9 @@ def create_producer_client(
     return KafkaPythonProducer(producer)
 
 
-def _create_confluent_producer(
-    settings: PipelineSettings, role: str, transactional_id: str | None
-) -> ConfluentProducer:
-    config = _librdkafka_common(settings, role) | {
+def _librdkafka_producer(settings: PipelineSettings, role: str) -> dict[str, Any]:
+    """`create_producer`'s guarantees in librdkafka's words: acks from every in-sync replica, idempotent."""
+    return _librdkafka_common(settings, role) | {
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 2,
@@ -352,6 +351,12 @@ def _create_confluent_producer(
         "request.timeout.ms": 10_000,
         "message.timeout.ms": 30_000,
     }
+
+
+def _create_confluent_producer(
+    settings: PipelineSettings, role: str, transactional_id: str | None
+) -> ConfluentProducer:
+    config = _librdkafka_producer(settings, role)
     if transactional_id is not None:
         config |= {
             "transactional.id": transactional_id,
@@ -380,16 +385,8 @@ def create_shared_producer(settings: PipelineSettings, role: str) -> SharedProdu
     records dealt to partitions in turn (`RoundRobinPartitioner` says why). Connects lazily with librdkafka;
     kafka-python bootstraps here and raises `KafkaError` if no broker answers."""
     if settings.kafka_client == "confluent-kafka":
-        config = _librdkafka_common(settings, role) | {
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 2,
-            "message.max.bytes": settings.max_record_bytes,
-            "request.timeout.ms": 10_000,
-            "message.timeout.ms": 30_000,
-            # librdkafka would buffer up to 1 GB; the API bounds its request bodies far below this anyway.
-            "queue.buffering.max.kbytes": 262_144,
-        }
+        # librdkafka would buffer up to 1 GB; the API bounds its request bodies far below this anyway.
+        config = _librdkafka_producer(settings, role) | {"queue.buffering.max.kbytes": 262_144}
         return ConfluentSharedProducer(config, role)
     producer = create_producer(
         settings,

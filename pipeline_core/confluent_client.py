@@ -1,8 +1,9 @@
 """`ConsumerClient` and `ProducerClient` on confluent-kafka (librdkafka), with its errors turned into the
 project's own.
 
-librdkafka spends about a fifth of kafka-python's CPU per record (docs/benchmarks.md), does its network work on
-threads of its own, and bounds every transactional call with a timeout of ours. What differs from kafka-python
+librdkafka does its protocol and network work in C, on threads of its own (in the benchmark it took 3-6 ms of
+CPU per image out of the services and the broker: docs/benchmarks.md), and bounds every transactional call
+with a timeout of ours. What differs from kafka-python
 and is handled here:
 
 - It never fails at creation: a broker that is away, a refused password or an untrusted certificate show up
@@ -46,7 +47,13 @@ from pipeline_core.errors import (
     TransactionError,
 )
 from pipeline_core.events import RawRecord, Record
-from pipeline_core.kafka_client import OnDelivered, OutRecord, RebalanceListener, TopicPartition
+from pipeline_core.kafka_client import (
+    OnDelivered,
+    OutRecord,
+    RebalanceListener,
+    TopicPartition,
+    first_offsets,
+)
 
 logger = logging.getLogger(__name__)
 librdkafka_logger = logging.getLogger("kafka.librdkafka")
@@ -227,6 +234,7 @@ class ConfluentConsumer:
         self._sought: dict[TopicPartition, int] = {}
         self._lag_committed_failed_at = -math.inf
         self._subscribed = False
+        self._revoked_in_poll: set[TopicPartition] = set()
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         self._subscribed = True
@@ -239,6 +247,7 @@ class ConfluentConsumer:
         def revoked(_consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
             for tp in _ours(partitions):
                 self._sought.pop(tp, None)
+            self._revoked_in_poll |= _ours(partitions)
             listener.on_revoked(_ours(partitions))
 
         # A lost assignment (the member was evicted) is a revocation for the runtime: nothing in hand is
@@ -261,6 +270,7 @@ class ConfluentConsumer:
 
     def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]:
         self._errors.raise_pending()
+        self._revoked_in_poll.clear()
         try:
             # consume(n, timeout) waits until it has n messages or the timeout passed: at a light load every
             # poll would wait the whole BATCH_MAX_WAIT_MS for a full batch (seen: 450 ms added at 10% load).
@@ -276,6 +286,15 @@ class ConfluentConsumer:
                 logger.debug("poll: %s", e)
         if messages:
             self._errors.succeeded()
+        if self._revoked_in_poll:
+            # The rebalance callbacks run inside poll and consume: a message taken by the first call may be of a
+            # partition the second revoked. It is no longer this member's (the runtime holds nothing of revoked
+            # partitions); its new owner reads it from the committed offset.
+            messages = [
+                m
+                for m in messages
+                if TopicPartition(m.topic() or "", m.partition() or 0) not in self._revoked_in_poll
+            ]
         records: list[RawRecord] = []
         for n, m in enumerate(messages):
             try:
@@ -293,28 +312,23 @@ class ConfluentConsumer:
                 raise
             # A partition-level event (a leader moving, a topic not yet known): librdkafka goes on by itself.
             logger.debug("%s", translated)
-        try:
-            self._errors.raise_pending()
-        except PipelineError:
-            self._rewind(records, [])
-            raise
         return records
 
     def _rewind(self, records: list[RawRecord], messages: Sequence[Message]) -> None:
-        first: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            first[tp] = min(first.get(tp, r.offset), r.offset)
-        for m in messages:
-            offset = m.offset()
-            if m.error() is None and offset is not None and offset >= 0:
-                tp = TopicPartition(m.topic() or "", m.partition() or 0)
-                first[tp] = min(first.get(tp, offset), offset)
+        unread: list[RawRecord] = [
+            Record(m.topic() or "", m.partition() or 0, m.offset() or 0, None, None, ())
+            for m in messages
+            if m.error() is None and (m.offset() or 0) >= 0
+        ]
+        first = first_offsets([*records, *unread])
         for tp, offset in first.items():
             self.seek(tp, offset)
 
     def _positions(
-        self, partitions: Sequence[TopicPartition], ask_committed: bool = True
+        self,
+        partitions: Sequence[TopicPartition],
+        ask_committed: bool = True,
+        committed_timeout_s: float = COMMITTED_TIMEOUT_S,
     ) -> dict[TopicPartition, int]:
         """The next offset each partition will be read from. librdkafka knows it once a fetch came back for the
         partition (past transaction markers, too), and forgets it at a seek; until then it is where the
@@ -329,7 +343,8 @@ class ConfluentConsumer:
         unknown = [tp for tp, offset in positions.items() if offset < 0]
         if unknown and not ask_committed:
             return {tp: offset for tp, offset in positions.items() if offset >= 0}
-        for tp, committed in (self.committed(unknown) if unknown else {}).items():
+        answered = self.committed(unknown, timeout_s=committed_timeout_s) if unknown else {}
+        for tp, committed in answered.items():
             start = committed
             if start is None:
                 start = max(0, self._consumer.get_watermark_offsets(_theirs(tp), cached=True)[0])
@@ -376,12 +391,14 @@ class ConfluentConsumer:
                     )
                 raise translate_error(tp.error, f"offset commit of {tp.topic}[{tp.partition}]")
 
-    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+    def committed(
+        self, partitions: Iterable[TopicPartition], timeout_s: float = COMMITTED_TIMEOUT_S
+    ) -> dict[TopicPartition, int | None]:
         asked = [_theirs(tp) for tp in partitions]
         if not asked:
             return {}
         try:
-            answered = self._consumer.committed(asked, timeout=COMMITTED_TIMEOUT_S)
+            answered = self._consumer.committed(asked, timeout=timeout_s)
         except KafkaException as e:
             raise translate(e, "reading committed offsets") from e
         for tp in answered:
@@ -422,7 +439,9 @@ class ConfluentConsumer:
         lag: dict[TopicPartition, int] = {}
         ask = time.monotonic() - self._lag_committed_failed_at >= LAG_COMMITTED_RETRY_S
         try:
-            for tp, position in self._positions(sorted(self.assignment()), ask_committed=ask).items():
+            # lag() runs after every batch: its one question to the coordinator is kept short.
+            positions = self._positions(sorted(self.assignment()), ask_committed=ask, committed_timeout_s=1.0)
+            for tp, position in positions.items():
                 _low, high = self._consumer.get_watermark_offsets(_theirs(tp), cached=True)
                 if high >= 0:
                     lag[tp] = max(0, high - position)
@@ -606,38 +625,43 @@ class ConfluentSharedProducer:
 
     def __init__(self, config: dict[str, Any], role: str) -> None:
         self._errors = _Errors(role)
-        self._config = config | {"error_cb": self._errors, "logger": librdkafka_logger}
+        self._config = config | {"error_cb": self._on_error, "logger": librdkafka_logger}
         self._producer = _create(Producer, self._config)
-        self._failed = False  # a fatal error: the next send replaces the producer
-        self._replacing = threading.Lock()
+        self._failed = False  # a fatal error: the delivery thread replaces the producer
         self._partitions: dict[str, list[int]] = {}
         self._turns: dict[str, itertools.count[int]] = {}
         self._closing = threading.Event()
         self._poller = threading.Thread(target=self._serve_deliveries, name=f"{role}-deliveries", daemon=True)
         self._poller.start()
 
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():  # an idempotent producer that cannot go on (e.g. its sequence numbers lost)
+            self._failed = True
+        self._errors(error)
+
     def _serve_deliveries(self) -> None:
-        # Never dies: a fatal error (raised from poll, not given to error_cb) marks the producer for replacement,
-        # and a callback that raises is logged; either way the acks of other records keep coming.
+        # The one thread that polls, and so the one that replaces a failed producer (never the event loop's
+        # send, and never while another thread polls the old one). It never dies: a callback that raises is
+        # logged, and the acks of other records keep coming.
         while not self._closing.is_set():
-            producer = self._producer
+            if self._failed:
+                self._replace()
             try:
-                producer.poll(0.1)
+                self._producer.poll(0.1)
             except KafkaException as e:
-                logger.error(
-                    "the shared producer failed (%s); the next send replaces it", translate(e, "poll")
-                )
+                logger.error("the shared producer failed (%s); replacing it", translate(e, "poll"))
                 self._failed = True
-                self._closing.wait(0.5)
             except Exception:
                 logger.exception("a delivery callback raised")
 
-    def _replace_if_failed(self) -> None:
-        with self._replacing:
-            if not self._failed:
-                return
-            old, self._producer = self._producer, _create(Producer, self._config)
-            self._failed = False
+    def _replace(self) -> None:
+        try:
+            fresh = _create(Producer, self._config)
+        except ConfigurationError:
+            logger.exception("the shared producer could not be replaced")
+            self._closing.wait(1.0)
+            return
+        old, self._producer, self._failed = self._producer, fresh, False
         _close_quietly(old)  # its records in flight fail: their requests are answered 503
         logger.warning("the shared producer was replaced after a fatal error")
 
@@ -666,7 +690,8 @@ class ConfluentSharedProducer:
         on_delivered: OnDelivered,
     ) -> None:
         self._errors.raise_pending()
-        self._replace_if_failed()
+        if self._failed:
+            raise PublishError("the Kafka producer failed and is being replaced")
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
             on_delivered(None if error is None else PublishError(f"{error.name()}: {error.str()}"))
@@ -683,7 +708,7 @@ class ConfluentSharedProducer:
         except KafkaException as e:
             error = _error_of(e)
             if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
-                self._failed = True  # replaced at the next send
+                self._failed = True  # the delivery thread replaces it
             raise PublishError(f"send to {topic} failed: {translate(e, 'send')}") from e
 
     def close(self, timeout_s: float) -> None:

@@ -568,8 +568,16 @@ class ConsumerRuntime:
             self._rewind_pending |= set(first_offsets(records)) & set(self._assignment)
         else:
             for tp, offset in first_offsets(records).items():
-                if tp in self._assignment:
+                if tp not in self._assignment:
+                    continue
+                try:
                     consumer.seek(tp, offset)
+                except PipelineError as e:
+                    if not e.retriable:
+                        raise
+                    # Not sought now (e.g. librdkafka not fetching it yet): from the committed offset next turn,
+                    # which is at or before the batch, so nothing is skipped.
+                    self._rewind_pending.add(tp)
         self._pause(retry.cause, f"checkpointing a batch of {len(records)}")
 
     def _replace_producer(self) -> None:

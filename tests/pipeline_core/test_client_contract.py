@@ -229,8 +229,12 @@ def test_a_flush_with_no_broker_fails_retriably(pipeline_settings: PipelineSetti
         update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}", "kafka_client": "confluent-kafka"}
     )
     record = OutRecord(s.topic_images, b"k", b"v")
-    with pytest.raises(PipelineError) as failed:
-        send_and_flush(create_producer_client(s, "tests"), record, timeout_s=2)
+    producer = create_producer_client(s, "tests")
+    try:
+        with pytest.raises(PipelineError) as failed:
+            send_and_flush(producer, record, timeout_s=2)
+    finally:
+        producer.close(0)
     assert failed.value.retriable, failed.value
     assert "not acknowledged" in str(failed.value)
 

@@ -17,7 +17,7 @@ from fake_kafka import FakeBroker, FakeConsumer, FakeProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline_core.errors import KafkaAccessError, PipelineError
+from pipeline_core.errors import BrokerUnavailableError, KafkaAccessError, PipelineError
 from pipeline_core.events import RawRecord, Record
 from pipeline_core.kafka_client import OutRecord
 from pipeline_core.retry import Backoff
@@ -233,6 +233,38 @@ def test_outputs_the_broker_did_not_acknowledge_are_sent_again() -> None:
         FakeProducer.flush = original  # type: ignore[method-assign]
     assert [r.value for r in broker.read(OUT)] == [b"A", b"B"]
     assert runtime.stats.retries == 1
+
+
+def test_a_seek_refused_while_rewinding_a_batch_rewinds_to_the_committed_offset_instead() -> None:
+    # librdkafka refuses a seek on a partition it is not fetching yet; the loop must survive it and lose nothing.
+    broker = FakeBroker(partitions=1)
+    feed(broker, [b"a", b"b"])
+    runtime, _ = make_runtime(broker, EchoHandler(), exactly_once=False)
+    original_flush, original_seek = FakeProducer.flush, FakeConsumer.seek
+    calls = {"flush": 0, "seek": 0}
+
+    def fail_first_flush(self: FakeProducer, timeout_s: float) -> None:
+        calls["flush"] += 1
+        if calls["flush"] == 1:
+            self.fail_flushes = 1
+        original_flush(self, timeout_s)
+
+    def refuse_first_seek(self: FakeConsumer, tp: Any, offset: int) -> None:
+        calls["seek"] += 1
+        if calls["seek"] == 1:
+            raise BrokerUnavailableError("seek: Local: Erroneous state", retriable=True)
+        original_seek(self, tp, offset)
+
+    FakeProducer.flush = fail_first_flush  # type: ignore[method-assign]
+    FakeConsumer.seek = refuse_first_seek  # type: ignore[method-assign]
+    try:
+        run_until(runtime, lambda: committed_all(broker))
+    finally:
+        FakeProducer.flush = original_flush  # type: ignore[method-assign]
+        FakeConsumer.seek = original_seek  # type: ignore[method-assign]
+    # The loop lived on (run_until saw every offset committed); the batch came again from the committed offset.
+    assert calls["seek"] == 1
+    assert sorted(set(r.value for r in broker.read(OUT))) == [b"A", b"B"], "nothing lost"
 
 
 @pytest.mark.parametrize("failure", ["fail_commits", "lose_commit_answers"], ids=["aborted", "answer-lost"])
