@@ -41,6 +41,7 @@ class FakeConsumer:
         self.closed = False
         self.fail_polls = 0  # this many polls raise BrokerUnavailableError first
         self.stuck = False  # polls return nothing whatever there is to read (a client's internal stall)
+        self.polls = 0  # polls begun, so that a test can wait for one begun after it changed something
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         tps = {TopicPartition(t, p) for t in topics for p in range(self.broker.partitions)}
@@ -52,6 +53,7 @@ class FakeConsumer:
         return True
 
     def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]:
+        self.polls += 1
         if self.fail_polls:
             self.fail_polls -= 1
             raise BrokerUnavailableError("fake broker away")

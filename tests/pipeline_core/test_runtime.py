@@ -380,15 +380,21 @@ def test_a_stalled_client_is_fetched_again_then_replaced_and_nothing_is_lost(exa
     runtime, made = make_runtime(broker, EchoHandler(), exactly_once=exactly_once)
     runtime.config = dataclasses.replace(runtime.config, stall_check_s=0.05)
     feed(broker, [b"a", b"b"])
-    stalled = []
+    stuck_at: list[int] = []  # the stuck consumer's poll count when it was made stuck
+    fed = []
 
     def stall_then_done() -> bool:
-        if not stalled and committed_all(broker):
-            made["consumers"][0].stuck = True  # from here on its polls return nothing
-            feed(broker, [f"late{n}".encode() for n in range(6)])
-            stalled.append(time.monotonic())
+        first = made["consumers"][0]
+        if not stuck_at and committed_all(broker):
+            first.stuck = True  # from here on its polls return nothing
+            stuck_at.append(first.polls)
             return False
-        return bool(stalled) and committed_all(broker)
+        # The late records only once a poll has begun after the stall (one in progress might still read them).
+        if stuck_at and not fed and first.polls > stuck_at[0] + 1:
+            feed(broker, [f"late{n}".encode() for n in range(6)])
+            fed.append(time.monotonic())
+            return False
+        return bool(fed) and committed_all(broker)
 
     run_until(runtime, stall_then_done)
     assert len(made["consumers"]) == 2, "the stuck one, and its replacement"
