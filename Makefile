@@ -15,9 +15,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -
 PYTEST_ARGS ?=
 AUDIT_ARGS ?=
 TYPED := pipeline_core kafka_local producer_api results_sink inference_consumer classify_cli launcher \
-	benchmarks/capacity.py benchmarks/store_bench.py
+	docker_local benchmarks/capacity.py benchmarks/store_bench.py
 
-.PHONY: help run test test-fast check audit lock bench bench-guarantees bench-store capacity lint typecheck jars clean
+.PHONY: help run docker-up docker-down test test-fast check audit lock bench bench-guarantees bench-store capacity lint typecheck jars clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,13 @@ run: $(STAMP)  ## run the whole system: local broker, API :8000, consumers, sink
 	@scripts/ensure-system-packages.sh run
 	@$(MAKE) --no-print-directory jars
 	$(PY) -m launcher
+
+docker-up: $(STAMP) jars  ## the system in Docker: build what is missing (no registry needed), start, wait until healthy
+	@scripts/ensure-system-packages.sh docker
+	$(PY) -m docker_local up
+
+docker-down:  ## remove the Docker deployment's containers and network (VOLUMES=1 deletes its data too)
+	$(PY) -m docker_local down $(if $(VOLUMES),--volumes)
 
 test: $(STAMP)  ## lint, format and type checks, the lock audit, then the whole test suite (real broker, model, photos, PostgreSQL, Chromium)
 	@scripts/ensure-system-packages.sh test

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # results_sink: stores predictions, serves results and their live SSE stream (FastAPI on uvicorn), port 8001.
 # Build from the repository root:
 #   docker build -f docker/sink.Dockerfile -t image-classifier-sink .
@@ -13,12 +12,19 @@ WORKDIR /src
 # The pinned dependencies first, hash-checked: requirements/sink.lock (`make lock`), the versions of the tested
 # dev.lock. This layer is rebuilt only when the lock changes.
 COPY requirements/sink.lock requirements/
-RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements/sink.lock
+# A registry reached through a TLS proxy needs its CA: given as the build secret `ca` (docker_local passes the
+# host's bundle), never copied into a layer. pip runs from a venv of its own, as Debian's python3 wants.
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && python -m venv /opt/build \
+    && /opt/build/bin/pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements/sink.lock
 # Then the project itself, with --no-deps: everything it needs is in /wheels already.
 COPY pyproject.toml README.md ./
 COPY pipeline_core/ pipeline_core/
 COPY results_sink/ results_sink/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ".[sink,postgres]"
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ".[sink,postgres]"
 
 # Stage 2: the runtime, installed from those wheels offline (so exactly the locked versions); the wheels are
 # mounted, never copied into a layer.
@@ -43,6 +49,6 @@ WORKDIR /home/app
 EXPOSE 8001
 # slim has no curl: ask /healthz with the standard library (urlopen raises, so exit 1, on any non-2xx answer).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:' + os.environ.get('SINK_PORT', '8001') + '/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:' + os.environ.get('SINK_PORT', '8001') + '/readyz', timeout=2)"]
 # Exec form: python is PID 1 and receives SIGTERM itself (uvicorn handles it: close SSE streams, drain, shut down).
 CMD ["python", "-m", "results_sink"]

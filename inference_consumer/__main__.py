@@ -8,6 +8,7 @@ import sys
 from PIL import Image
 from prometheus_client import start_http_server
 
+from inference_consumer import metrics
 from inference_consumer.model import load_classifier
 from inference_consumer.settings import ConsumerSettings
 from inference_consumer.worker import InferenceWorker
@@ -45,9 +46,10 @@ def main() -> int:
     except PipelineError as e:
         logger.error("cannot start: %s", e)
         return 1
+    worker = InferenceWorker(settings, classifier)
+    metrics.READY.set_function(lambda: 0.0 if worker.runtime.not_ready_reason() else 1.0)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    worker = InferenceWorker(settings, classifier)
     install_stop_signals(worker.runtime, settings.shutdown_grace_s)
     try:
         worker.run()

@@ -15,3 +15,7 @@ INFERENCE_SECONDS = Histogram(
 CONSUMER_LAG = Gauge(
     "inference_consumer_lag", "Records behind the end of each assigned partition", ["partition"]
 )
+READY = Gauge(
+    "inference_ready",
+    "1 while the consumer loop works (holds partitions, or polled within 30 s), else 0: the container's health",
+)

@@ -62,6 +62,8 @@ from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import pipeline_topics
 
 logger = logging.getLogger(__name__)
+# Readiness: a poll this recent counts even before partitions are assigned.
+RECENT_POLL_S = 30.0
 
 DEAD_LETTER_REASON_HEADER = "dead-letter-reason"
 DEAD_LETTER_SOURCE_HEADER = "dead-letter-source"
@@ -210,6 +212,17 @@ class ConsumerRuntime:
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this member holds now (empty during a rebalance)."""
         return self._assignment
+
+    def not_ready_reason(self) -> str | None:
+        """None while the loop works (it holds partitions, or polled within `RECENT_POLL_S`: a member beyond the
+        partition count holds none and is still healthy), else why not: the services' readiness."""
+        if self.state.startswith(("retrying", "stopped")):
+            return f"consumer is {self.state}"
+        if self._assignment:
+            return None
+        if self.last_poll is not None and time.monotonic() - self.last_poll < RECENT_POLL_S:
+            return None
+        return f"consumer has no partitions yet ({self.state})"
 
     def run(self) -> None:
         """Connect, join the group and process batches until `stop()`. Raises what it cannot survive."""

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.5  # how quickly the loop notices a stop request when no records come
 MAX_POLL_RECORDS = 500
-RECENT_POLL_S = 30.0  # readiness: a poll this recent counts even before partitions are assigned
 
 OnStored = Callable[[list[StoredResult]], None]
 
@@ -165,14 +164,7 @@ class SinkConsumer:
             return f"consumer loop died: {self.failure}"
         if not self._thread.is_alive():
             return f"consumer thread is not running ({self.runtime.state})"
-        if self.runtime.state.startswith("retrying"):
-            return f"consumer is {self.runtime.state}"
-        if self.runtime.assignment:
-            return None
-        last = self.runtime.last_poll
-        if last is not None and time.monotonic() - last < RECENT_POLL_S:
-            return None
-        return f"consumer has no partitions yet ({self.runtime.state})"
+        return self.runtime.not_ready_reason()
 
     def _run(self) -> None:
         try:

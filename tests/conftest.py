@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,12 +17,72 @@ from pipeline_core.clients import create_admin
 from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import ensure_topics, pipeline_topics
 
+if TYPE_CHECKING:
+    from docker_local.deploy import Deployment
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real broker: KAFKA_BOOTSTRAP_SERVERS, else a Docker container, else the jar-launched one."""
+    """A real broker: KAFKA_BOOTSTRAP_SERVERS, else the project's broker image in a container (testcontainers)
+    when a Docker engine answers or can be started here, else the jar-launched one (kafka_local/provision.py)."""
+    if os.environ.get("KAFKA_TEST_BROKER", "auto") != "jar" and not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        from docker_local.engine import EngineUnavailableError, ensure_engine
+
+        try:
+            ensure_engine(compose=False)
+        except EngineUnavailableError as e:
+            logging.getLogger(__name__).info("no Docker engine for the test broker: %s", e)
     with provide_broker(tmp_path_factory.mktemp("kafka"), try_docker=True) as (bootstrap, _local):
         yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """A Docker engine with Compose v2, started (as root) when it is not running; else the test is skipped with
+    the reason (`make test` as root installs and starts one: scripts/ensure-system-packages.sh)."""
+    from docker_local.engine import EngineUnavailableError, ensure_engine
+
+    try:
+        ensure_engine()
+    except EngineUnavailableError as e:
+        pytest.skip(f"no Docker deployment here: {e}")
+
+
+@pytest.fixture(scope="session")
+def compose_deployment(
+    docker_engine: None, tmp_path_factory: pytest.TempPathFactory, output_dir: Path
+) -> Iterator[Deployment]:
+    """docker-compose.yml deployed as `make docker-up` does it (images built here, two inference consumers),
+    as a compose project of its own on free 127.0.0.1 ports; its logs end up in test-output/."""
+    import secrets
+
+    from docker_local.deploy import Deployment
+    from kafka_local import free_port
+
+    deployment = Deployment(
+        project=unique("kic-test"),
+        env_file=tmp_path_factory.mktemp("compose") / "compose.env",
+        api_port=free_port(),
+        sink_port=free_port(),
+        kafka_port=free_port(),
+        settings={"JOB_ID_SECRET": secrets.token_hex(32)},
+    )
+    try:
+        deployment.up()
+        yield deployment
+    finally:
+        (output_dir / f"{deployment.project}.log").write_text(deployment.logs(tail=5000))
+        deployment.down(volumes=True)
+
+
+@pytest.fixture(params=["make-run", "compose"])
+def deployed(request: pytest.FixtureRequest) -> System | Deployment:
+    """The whole system as `make run` starts it, then as `make docker-up` does: the end-to-end tests run on both."""
+    if request.param == "compose":
+        deployment: Deployment = request.getfixturevalue("compose_deployment")
+        return deployment
+    system: System = request.getfixturevalue("running_system")
+    return system
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +96,7 @@ def local_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[
     return make
 
 
-BROKER_FIXTURES = {"kafka_bootstrap", "local_broker_factory"}
+BROKER_FIXTURES = {"kafka_bootstrap", "local_broker_factory", "compose_deployment", "deployed"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

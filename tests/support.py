@@ -27,6 +27,21 @@ def upload(client: httpx.Client, files: dict[str, bytes]) -> list[dict[str, str]
     return jobs
 
 
+def upload_patiently(
+    client: httpx.Client, files: dict[str, bytes], timeout_s: float = 120
+) -> list[dict[str, str]]:
+    """Upload as a well-behaved client does: on 429 or 503, wait what Retry-After says (at most 2 s) and retry."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = client.post("/v1/images", files=[("file", (name, data)) for name, data in files.items()])
+        if response.status_code not in (429, 503) or time.monotonic() > deadline:
+            break
+        time.sleep(min(float(response.headers.get("Retry-After", "1")), 2.0))
+    assert response.status_code == 202, response.text
+    jobs: list[dict[str, str]] = response.json()["jobs"]
+    return jobs
+
+
 def wait_by_polling(client: httpx.Client, result_url: str, timeout_s: float = 90) -> dict[str, object]:
     """Poll a result URL until it is done or failed."""
     deadline = time.monotonic() + timeout_s

@@ -29,6 +29,8 @@ DOCKERFILES = {
     "inference": DOCKER_DIR / "inference.Dockerfile",
 }
 WEB_SERVICES = ("api", "sink")
+# The project's broker image (Apache Kafka from the Maven jars); not a Python service, so only linted here.
+BROKER_DOCKERFILE = DOCKER_DIR / "kafka.Dockerfile"
 
 ComposeLoad = Callable[..., subprocess.CompletedProcess[str]]
 

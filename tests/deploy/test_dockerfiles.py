@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deployfiles import DOCKERFILES, HADOLINT_CONFIG, REPO, WEB_SERVICES, Dockerfile
+from deployfiles import BROKER_DOCKERFILE, DOCKERFILES, HADOLINT_CONFIG, REPO, WEB_SERVICES, Dockerfile
 from pydantic_settings import BaseSettings
 
 from inference_consumer.settings import ConsumerSettings
@@ -33,7 +33,14 @@ PIP_INSTALL = re.compile(r"pip (?:install|wheel)\b[^&;]*?\"(?:kafka-image-classi
 
 def test_hadolint_finds_nothing(hadolint: str) -> None:
     result = subprocess.run(
-        [hadolint, "--config", str(HADOLINT_CONFIG), "--no-color", *map(str, DOCKERFILES.values())],
+        [
+            hadolint,
+            "--config",
+            str(HADOLINT_CONFIG),
+            "--no-color",
+            *map(str, DOCKERFILES.values()),
+            str(BROKER_DOCKERFILE),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -141,7 +148,9 @@ def test_cmd_is_exec_form_so_python_is_pid_1(dockerfiles: dict[str, Dockerfile],
     assert final[-1] is cmd
 
 
-def test_web_images_healthcheck_healthz_with_the_standard_library(dockerfiles: dict[str, Dockerfile]) -> None:
+def test_web_images_healthcheck_readiness_with_the_standard_library(
+    dockerfiles: dict[str, Dockerfile],
+) -> None:
     for service in WEB_SERVICES:
         dockerfile = dockerfiles[service]
         check = _only(dockerfile.final_all("HEALTHCHECK")).value
@@ -153,7 +162,7 @@ def test_web_images_healthcheck_healthz_with_the_standard_library(dockerfiles: d
         compile(code, f"{service} HEALTHCHECK", "exec")
         env_name, port = PORT_ENV[service]
         assert "urllib.request" in code
-        assert "/healthz" in code
+        assert "/readyz" in code, "healthy means ready (broker reachable, consumer working), not merely alive"
         assert f"os.environ.get('{env_name}', '{port}')" in code
         assert dockerfile.final_env[env_name] == port
         assert [i.value for i in dockerfile.final_all("EXPOSE")] == [port]

@@ -1,4 +1,5 @@
-"""The whole pipeline as a user meets it: real API, real broker, two real consumers, real sink, real photos."""
+"""The whole pipeline as a user meets it: real API, real broker, two real consumers, real sink, real photos; each
+test once on the system `make run` starts and once on the compose deployment `make docker-up` starts."""
 
 from __future__ import annotations
 
@@ -8,18 +9,21 @@ import json
 import httpx
 import pytest
 from httpx_sse import aconnect_sse, connect_sse
-from support import predictions_on_topic, system_settings, upload, wait_by_polling
+from support import lost_and_duplicated, predictions_on_topic, system_settings, upload, wait_by_polling
 
+from docker_local.deploy import Deployment
 from launcher.system import System
 from pipeline_core.clients import create_admin
+from pipeline_core.settings import PipelineSettings
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# The compose deployment's first use builds its images (minutes on a fresh machine): a long limit.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_several_images_in_one_request_followed_by_sse_and_by_polling(
-    running_system: System, photos: dict[str, bytes], expected_labels: dict[str, set[str]]
+    deployed: System | Deployment, photos: dict[str, bytes], expected_labels: dict[str, set[str]]
 ) -> None:
-    with httpx.Client(base_url=running_system.api_url, timeout=30) as client:
+    with httpx.Client(base_url=deployed.api_url, timeout=30) as client:
         jobs = upload(client, {"chelsea.jpg": photos["chelsea"], "coffee.jpg": photos["coffee"]})
         assert all(
             job["result_url"].startswith("http") and job["events_url"].startswith("http") for job in jobs
@@ -41,10 +45,10 @@ def test_several_images_in_one_request_followed_by_sse_and_by_polling(
 
 
 def test_concurrent_requests_all_classified_and_streamed_by_one_multi_job_stream(
-    running_system: System, photos: dict[str, bytes], expected_labels: dict[str, set[str]]
+    deployed: System | Deployment, photos: dict[str, bytes], expected_labels: dict[str, set[str]]
 ) -> None:
     async def scenario() -> tuple[list[dict[str, str]], dict[str, dict[str, object]]]:
-        async with httpx.AsyncClient(base_url=running_system.api_url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=deployed.api_url, timeout=30) as client:
             responses = await asyncio.gather(
                 *[
                     client.post(
@@ -61,9 +65,7 @@ def test_concurrent_requests_all_classified_and_streamed_by_one_multi_job_stream
             jobs = [job for r in responses for job in r.json()["jobs"]]
             ids = ",".join(job["id"] for job in jobs)
             results: dict[str, dict[str, object]] = {}
-            async with aconnect_sse(
-                client, "GET", f"{running_system.sink_url}/v1/events?ids={ids}"
-            ) as source:
+            async with aconnect_sse(client, "GET", f"{deployed.sink_url}/v1/events?ids={ids}") as source:
                 async for event in source.aiter_sse():
                     assert event.event == "result"
                     body = json.loads(event.data)
@@ -80,9 +82,9 @@ def test_concurrent_requests_all_classified_and_streamed_by_one_multi_job_stream
 
 
 def test_compatibility_routes_behave_as_the_original_project(
-    running_system: System, photos: dict[str, bytes]
+    deployed: System | Deployment, photos: dict[str, bytes]
 ) -> None:
-    with httpx.Client(base_url=running_system.api_url, timeout=60) as client:
+    with httpx.Client(base_url=deployed.api_url, timeout=60) as client:
         ok = client.post("/predict", files={"file": ("coffee.jpg", photos["coffee"])})
         assert ok.status_code == 200, ok.text
         body = ok.json()
@@ -104,12 +106,22 @@ def test_compatibility_routes_behave_as_the_original_project(
         assert client.post("/feedback").status_code == 200
 
 
+@pytest.fixture(params=["make-run", "compose"])
+def two_consumers(request: pytest.FixtureRequest) -> tuple[str, PipelineSettings]:
+    """A fresh system with two consumers (make run), or the compose deployment's default two: API URL, settings."""
+    if request.param == "compose":
+        deployment: Deployment = request.getfixturevalue("compose_deployment")
+        assert deployment.inference_replicas == 2
+        return deployment.api_url, deployment.pipeline_settings()
+    system = request.getfixturevalue("system_factory")(consumers=2)
+    return system.api_url, system_settings(system)
+
+
 def test_two_consumers_split_the_partitions_and_each_image_is_classified_exactly_once(
-    system_factory,
-    photos: dict[str, bytes],  # type: ignore[no-untyped-def]
+    two_consumers: tuple[str, PipelineSettings], photos: dict[str, bytes]
 ) -> None:
-    system = system_factory(consumers=2)
-    with httpx.Client(base_url=system.api_url, timeout=30) as client:
+    api_url, settings = two_consumers
+    with httpx.Client(base_url=api_url, timeout=30) as client:
         jobs = [
             job
             for n in range(10)
@@ -118,7 +130,6 @@ def test_two_consumers_split_the_partitions_and_each_image_is_classified_exactly
         for job in jobs:
             assert wait_by_polling(client, job["result_url"])["label"] == "espresso"
 
-    settings = system_settings(system)
     admin = create_admin(settings, "tests")
     try:
         group = admin.describe_groups([settings.consumer_group_inference])[settings.consumer_group_inference]
@@ -134,6 +145,7 @@ def test_two_consumers_split_the_partitions_and_each_image_is_classified_exactly
 
     ids = {job["id"] for job in jobs}
     counts = predictions_on_topic(settings, ids)
-    assert sorted(counts.elements()) == sorted(ids), (
+    # (lost, duplicated) among this test's jobs: the compose deployment's topic also holds other tests' jobs.
+    assert lost_and_duplicated(counts, ids) == (0, 0), (
         "one prediction per image on the topic: none lost, none twice"
     )
