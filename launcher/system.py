@@ -22,7 +22,7 @@ from kafka import KafkaAdminClient
 from kafka_local import free_port
 from launcher.processes import Service
 from pipeline_core.acls import grant_service_acls
-from pipeline_core.clients import wait_for_admin
+from pipeline_core.clients import create_admin, wait_for_admin
 from pipeline_core.errors import PipelineError
 from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import ensure_topics, pipeline_topics
@@ -132,11 +132,15 @@ class System:
         admin = wait_for_admin(self.settings(), "launcher")
         try:
             ensure_topics(admin, pipeline_topics(self.settings()))
-            if self.grant_acls:
-                count = grant_service_acls(admin, self.settings())
-                logger.info("granted the services their %d ACLs (pipeline_core/acls.py)", count)
         finally:
             admin.close()
+        if self.grant_acls:
+            acl_admin = create_admin(self.settings(), "launcher")  # kafka-python's, which speaks ACLs
+            try:
+                count = grant_service_acls(acl_admin, self.settings())
+                logger.info("granted the services their %d ACLs (pipeline_core/acls.py)", count)
+            finally:
+                acl_admin.close()
 
     def start_service(self, name: str) -> Service:
         """(Re)start one service by name: `api`, `sink` or `inference-N`."""
@@ -164,7 +168,7 @@ class System:
                 self._wait_a_little(deadline, f"{url} not ready within {timeout_s:.0f} s")
         consumers = sum(1 for name, s in self.services.items() if name.startswith("inference-") and s.running)
         if consumers:
-            admin = wait_for_admin(self.settings(), "launcher")
+            admin = create_admin(self.settings(), "launcher")  # the broker answered the sink and the API
             try:
                 while (
                     _group_members_with_partitions(admin, self.settings().consumer_group_inference)

@@ -16,11 +16,23 @@ from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaError
 from kafka.partitioner import Partitioner
 
-from pipeline_core.confluent_client import ConfluentConsumer, ConfluentProducer, ConfluentSharedProducer
+from pipeline_core.confluent_client import (
+    ConfluentAdmin,
+    ConfluentConsumer,
+    ConfluentProducer,
+    ConfluentSharedProducer,
+)
 from pipeline_core.confluent_client import translate as confluent_translate
 from pipeline_core.errors import BrokerUnavailableError, KafkaAccessError
-from pipeline_core.kafka_client import ConsumerClient, ProducerClient, SharedProducer, partition_names
+from pipeline_core.kafka_client import (
+    AdminClient,
+    ConsumerClient,
+    ProducerClient,
+    SharedProducer,
+    partition_names,
+)
 from pipeline_core.kafka_python_client import (
+    KafkaPythonAdmin,
     KafkaPythonConsumer,
     KafkaPythonProducer,
     KafkaPythonSharedProducer,
@@ -32,6 +44,7 @@ from pipeline_core.settings import PipelineSettings
 __all__ = [
     "RoundRobinPartitioner",
     "create_admin",
+    "create_admin_client",
     "create_consumer",
     "create_consumer_client",
     "create_producer",
@@ -153,21 +166,39 @@ def create_consumer(
 
 
 def create_admin(settings: PipelineSettings, role: str, **overrides: Any) -> KafkaAdminClient:
-    """An admin client for topic administration and lag queries."""
+    """kafka-python's own admin client, for the tools (the launcher's ACLs and group checks, the tests); the
+    services use `create_admin_client`."""
     return KafkaAdminClient(**(_common(settings, role) | {"request_timeout_ms": 10_000} | overrides))
 
 
-def wait_for_admin(settings: PipelineSettings, role: str, timeout_s: float | None = None) -> KafkaAdminClient:
-    """An admin client, once the broker answers; retries with logged attempts, then gives up."""
+def create_admin_client(settings: PipelineSettings, role: str) -> AdminClient:
+    """The services' admin client (topics, a group's progress, the readiness probe) on the KAFKA_CLIENT library.
+    kafka-python's bootstraps here, so a broker that does not answer raises at once; librdkafka's connects in
+    the background and answers (or fails) at its first request."""
+    if settings.kafka_client == "confluent-kafka":
+        return ConfluentAdmin(_librdkafka_common(settings, role), role)
+    try:
+        return KafkaPythonAdmin(create_admin(settings, role))
+    except KafkaError as e:
+        raise translate(e, f"{role}: connecting to Kafka") from e
+
+
+def wait_for_admin(settings: PipelineSettings, role: str, timeout_s: float | None = None) -> AdminClient:
+    """An admin client, once the broker answers a metadata request; retries with logged attempts, then gives up."""
     timeout = timeout_s if timeout_s is not None else settings.kafka_connect_timeout_s
 
     diagnosed = False
 
-    def connect() -> KafkaAdminClient:
+    def connect() -> AdminClient:
         nonlocal diagnosed
+        admin: AdminClient | None = None
         try:
-            return create_admin(settings, role)
-        except KafkaError as e:
+            admin = create_admin_client(settings, role)
+            admin.broker_count()
+            return admin
+        except BrokerUnavailableError as e:
+            if admin is not None:
+                admin.close()
             # Once, at the first failure: a refused certificate or password will not pass on a retry.
             reason = None if diagnosed else diagnose_connection(settings)
             diagnosed = True
@@ -175,9 +206,11 @@ def wait_for_admin(settings: PipelineSettings, role: str, timeout_s: float | Non
                 raise KafkaAccessError(
                     f"{role}: cannot use Kafka at {settings.kafka_bootstrap_servers}: {reason}"
                 ) from e
-            raise BrokerUnavailableError(
-                f"Kafka at {settings.kafka_bootstrap_servers}: {type(e).__name__}"
-            ) from e
+            raise BrokerUnavailableError(f"Kafka at {settings.kafka_bootstrap_servers}: {e}") from e
+        except BaseException:
+            if admin is not None:
+                admin.close()
+            raise
 
     try:
         return retry_call(connect, f"{role}: connecting to Kafka", timeout_s=timeout)

@@ -16,6 +16,7 @@ and is handled here:
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import math
@@ -28,12 +29,21 @@ from typing import Any, TypeVar, cast
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
     Producer,
 )
 from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # the stubs do not re-export them
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 
 from pipeline_core.errors import (
     BrokerUnavailableError,
@@ -51,6 +61,7 @@ from pipeline_core.kafka_client import (
     OnDelivered,
     OutRecord,
     RebalanceListener,
+    TopicDefinition,
     TopicPartition,
     first_offsets,
 )
@@ -155,6 +166,11 @@ class _Errors:
         with self._lock:
             self._answered = True
             self._access = None
+
+    def pending(self) -> PipelineError | None:
+        """The access error reported since the last answer, if any (an admin request that failed says it)."""
+        with self._lock:
+            return self._access
 
     def raise_pending(self) -> None:
         """Raise the access error that has persisted, if any. (A fatal error comes back from the client's own
@@ -726,3 +742,126 @@ class ConfluentSharedProducer:
             self._closing.set()
             self._poller.join(1.0)
             _close_quietly(self._producer)  # each waiting request learns its dropped records failed
+
+
+class ConfluentAdmin:
+    """`AdminClient` on confluent-kafka's AdminClient. librdkafka connects in its own threads, so a refused
+    password or certificate is learnt from its error events: a request that times out raises the access error
+    seen meanwhile, if any, rather than "timed out"."""
+
+    def __init__(self, config: dict[str, Any], role: str, timeout_s: float = 10.0) -> None:
+        self._role = role
+        self._timeout_s = timeout_s
+        self._errors = _Errors(role)
+        try:
+            self._admin = AdminClient(config | {"error_cb": self._errors})
+        except KafkaException as e:
+            raise ConfigurationError(
+                f"Kafka client settings refused: {e.args[0].str() if e.args else e}"
+            ) from e
+
+    def _wait(self, doing: str, future: Any) -> Any:
+        try:
+            result = future.result(timeout=self._timeout_s)
+        except KafkaException as e:
+            raise self._failure(doing, e) from e
+        except (TimeoutError, concurrent.futures.TimeoutError) as e:
+            raise self._failure(doing, e) from e
+        self._errors.succeeded()
+        return result
+
+    def _failure(self, doing: str, e: BaseException) -> PipelineError:
+        error = translate(e, f"{self._role}: {doing}")
+        if not isinstance(error, KafkaAccessError):
+            pending = self._errors.pending()
+            if pending is not None:
+                return pending
+        return error
+
+    def _metadata(self, doing: str, topic: str | None = None) -> Any:
+        try:
+            metadata = self._admin.list_topics(topic=topic, timeout=self._timeout_s)
+        except KafkaException as e:
+            raise self._failure(doing, e) from e
+        self._errors.succeeded()
+        return metadata
+
+    def topic_names(self) -> set[str]:
+        return {name for name in self._metadata("listing topics").topics if not name.startswith("__")}
+
+    def create_topics(self, topics: Sequence[TopicDefinition]) -> list[str]:
+        new = [
+            NewTopic(
+                t.name, num_partitions=t.partitions, replication_factor=t.replication_factor, config=t.config
+            )
+            for t in topics
+        ]
+        futures = self._admin.create_topics(
+            new, operation_timeout=self._timeout_s, request_timeout=self._timeout_s
+        )
+        created = []
+        for name, future in futures.items():
+            try:
+                self._wait(f"creating topic {name}", future)
+                created.append(name)
+            except PipelineError as e:
+                cause = _error_of(e.__cause__) if e.__cause__ is not None else None
+                if cause is None or cause.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        # As kafka-python's wait_for_metadata: return once every topic has its partitions in the metadata.
+        deadline = time.monotonic() + self._timeout_s
+        while created and time.monotonic() < deadline:
+            known = self._metadata("waiting for new topics").topics
+            if all(name in known and known[name].partitions and not known[name].error for name in created):
+                break
+            time.sleep(0.1)
+        return created
+
+    def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        known = self._metadata("describing topics").topics
+        missing = [name for name in topics if name not in known or known[name].error is not None]
+        if missing:
+            raise BrokerUnavailableError(f"{self._role}: no metadata for topics {', '.join(missing)}")
+        return {name: len(known[name].partitions) for name in topics}
+
+    def topic_config(self, topics: Sequence[str], key: str) -> dict[str, str]:
+        futures = self._admin.describe_configs(
+            [ConfigResource(ResourceType.TOPIC, name) for name in topics], request_timeout=self._timeout_s
+        )
+        values = {}
+        for resource, future in futures.items():
+            entries = self._wait(f"describing the config of topic {resource.name}", future)
+            values[resource.name] = str(entries[key].value)
+        return values
+
+    def group_offsets(self, group_id: str, topic: str) -> dict[int, tuple[int, int]]:
+        doing = f"reading the offsets of group {group_id} on {topic}"
+        count = self.partition_counts([topic])[topic]
+        partitions = [KafkaTopicPartition(topic, p) for p in range(count)]
+        ends = self._admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
+            isolation_level=IsolationLevel.READ_UNCOMMITTED,
+            request_timeout=self._timeout_s,
+        )
+        end = {tp.partition: int(self._wait(doing, future).offset) for tp, future in ends.items()}
+        group = self._admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group_id, partitions)], request_timeout=self._timeout_s
+        )
+        done: dict[int, int] = {}
+        for future in group.values():
+            for tp in self._wait(doing, future).topic_partitions:
+                if tp.error is not None:
+                    raise translate_error(tp.error, f"{self._role}: {doing}")
+                done[tp.partition] = max(0, tp.offset)  # OFFSET_INVALID (-1001): never committed
+        return {p: (done.get(p, 0), end[p]) for p in range(count)}
+
+    def broker_count(self) -> int:
+        return len(
+            self._wait(
+                "describing the cluster", self._admin.describe_cluster(request_timeout=self._timeout_s)
+            ).nodes
+        )
+
+    def close(self) -> None:
+        # librdkafka's admin client has no close(): its threads end when it is collected.
+        del self._admin

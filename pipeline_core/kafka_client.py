@@ -171,3 +171,51 @@ class SharedProducer(Protocol):
     def close(self, timeout_s: float) -> None:
         """Deliver what is queued within `timeout_s`, drop the rest (logged), and release the connections."""
         ...
+
+
+class TopicDefinition(Protocol):
+    """What creating a topic needs (`pipeline_core.topics.TopicSpec` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def partitions(self) -> int: ...
+    @property
+    def replication_factor(self) -> int: ...
+    @property
+    def config(self) -> dict[str, str]: ...
+
+
+class AdminClient(Protocol):
+    """Topic administration and a group's progress, as the services need them. Every failure is a
+    `PipelineError` (`BrokerUnavailableError` for a cluster that does not answer, `KafkaAccessError` for
+    refused credentials or a missing ACL)."""
+
+    def topic_names(self) -> set[str]:
+        """The topics the cluster has."""
+        ...
+
+    def create_topics(self, topics: Sequence[TopicDefinition]) -> list[str]:
+        """Create these topics and wait until they are in the metadata; return those this call created (one
+        that another client created meanwhile is left out, not an error)."""
+        ...
+
+    def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        """How many partitions each of these topics has."""
+        ...
+
+    def topic_config(self, topics: Sequence[str], key: str) -> dict[str, str]:
+        """One config value of each topic, as the broker applies it (its default if the topic sets none)."""
+        ...
+
+    def group_offsets(self, group_id: str, topic: str) -> dict[int, tuple[int, int]]:
+        """(committed offset, log end offset) per partition of `topic`; a partition never committed is at 0."""
+        ...
+
+    def broker_count(self) -> int:
+        """How many brokers the cluster has: one metadata request, the readiness probe."""
+        ...
+
+    def close(self) -> None:
+        """Release the connections."""
+        ...

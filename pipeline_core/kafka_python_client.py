@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, OffsetSpec
 from kafka.errors import (
     AuthorizationError,
     CommitFailedError,
@@ -18,6 +19,7 @@ from kafka.errors import (
     MessageSizeTooLargeError,
     ProducerFencedError,
     SaslAuthenticationFailedError,
+    TopicAlreadyExistsError,
 )
 from kafka.structs import OffsetAndMetadata
 
@@ -32,9 +34,16 @@ from pipeline_core.errors import (
     TransactionError,
 )
 from pipeline_core.events import RawRecord, Record
-from pipeline_core.kafka_client import OnDelivered, OutRecord, RebalanceListener, TopicPartition
+from pipeline_core.kafka_client import (
+    OnDelivered,
+    OutRecord,
+    RebalanceListener,
+    TopicDefinition,
+    TopicPartition,
+)
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Errors that say a newer producer of this transactional id exists: a fenced producer's in-flight sends fail
 # with InvalidProducerEpochError rather than ProducerFencedError.
@@ -378,3 +387,77 @@ class KafkaPythonSharedProducer:
             self._producer._sender.force_close()
             self._producer._sender.join(timeout_s)
             self._producer.close(timeout=0)
+
+
+class KafkaPythonAdmin:
+    """`AdminClient` on kafka-python's KafkaAdminClient."""
+
+    def __init__(self, admin: KafkaAdminClient) -> None:
+        self._admin = admin
+
+    def _call(self, doing: str, call: Callable[[], _T]) -> _T:
+        try:
+            return call()
+        except KafkaError as e:
+            raise translate(e, doing) from e
+
+    def topic_names(self) -> set[str]:
+        return set(self._call("listing topics", self._admin.list_topics))
+
+    def create_topics(self, topics: Sequence[TopicDefinition]) -> list[str]:
+        new = {
+            t.name: {
+                "num_partitions": t.partitions,
+                "replication_factor": t.replication_factor,
+                "configs": t.config,
+            }
+            for t in topics
+        }
+        try:
+            self._call(
+                "creating topics",
+                lambda: self._admin.create_topics(new, timeout_ms=15_000, wait_for_metadata=True),
+            )
+        except BrokerUnavailableError as e:
+            if isinstance(e.__cause__, TopicAlreadyExistsError):
+                return []  # kafka-python raises for the batch: another service created them meanwhile
+            raise
+        return [t.name for t in topics]
+
+    def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        described = self._call("describing topics", lambda: self._admin.describe_topics(list(topics)))
+        return {t["name"]: len(t["partitions"]) for t in described}
+
+    def topic_config(self, topics: Sequence[str], key: str) -> dict[str, str]:
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name, {key: None}) for name in topics]
+        described = self._call(
+            "describing topic configs", lambda: self._admin.describe_configs(resources, config_filter="all")
+        )["topic"]
+        return {name: str(described[name][key]["value"]) for name in topics}
+
+    def group_offsets(self, group_id: str, topic: str) -> dict[int, tuple[int, int]]:
+        def read() -> dict[int, tuple[int, int]]:
+            partitions = [
+                KafkaTopicPartition(topic, p["partition_index"])
+                for p in self._admin.describe_topics([topic])[0]["partitions"]
+            ]
+            ends = self._admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
+            committed: dict[KafkaTopicPartition, OffsetAndMetadata] = self._admin.list_group_offsets(
+                {group_id: partitions}
+            ).get(group_id, {})
+            offsets = {}
+            for tp in partitions:
+                done = committed.get(tp)
+                offsets[tp.partition] = (
+                    done.offset if done is not None and done.offset >= 0 else 0,
+                    ends[tp].offset,
+                )
+            return offsets
+
+        return self._call(f"reading the offsets of group {group_id} on {topic}", read)
+
+    def broker_count(self) -> int:
+        return len(self._call("describing the cluster", self._admin.describe_cluster)["brokers"])
+
+    def close(self) -> None:
+        self._admin.close()

@@ -60,8 +60,8 @@ class PipelineSettings(BaseSettings):
     kafka_client: KafkaClientName = Field(
         "confluent-kafka",
         description="The Kafka client library of the consumers and producers: confluent-kafka (librdkafka; "
-        "less CPU per image in every service, docs/benchmarks.md) or kafka-python (pure Python). Topic "
-        "administration and the admission's offset queries use kafka-python either way.",
+        "less CPU per image in every service, docs/benchmarks.md) or kafka-python (pure Python); also of the "
+        "services' admin clients (topics, the admission's offset queries, the readiness probe).",
     )
     kafka_client_id_prefix: str = Field("image-classifier", description="Start of every Kafka client id.")
     kafka_connect_timeout_s: float = Field(

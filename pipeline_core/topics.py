@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError
-
 from pipeline_core.errors import ConfigurationError
+from pipeline_core.kafka_client import AdminClient
 from pipeline_core.settings import PipelineSettings
 
 logger = logging.getLogger(__name__)
@@ -52,33 +49,29 @@ def pipeline_topics(settings: PipelineSettings) -> list[TopicSpec]:
     ]
 
 
-def ensure_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+def ensure_topics(admin: AdminClient, specs: list[TopicSpec]) -> None:
     """Create missing topics; refuse existing ones that cannot hold what the pipeline will write."""
-    existing = set(admin.list_topics())
+    existing = admin.topic_names()
     missing = [s for s in specs if s.name not in existing]
     if missing:
-        new = {
-            s.name: {
-                "num_partitions": s.partitions,
-                "replication_factor": s.replication_factor,
-                "configs": s.config,
-            }
-            for s in missing
-        }
-        try:
-            admin.create_topics(new, timeout_ms=15_000, wait_for_metadata=True)
-            logger.info("created topics %s", ", ".join(f"{s.name}({s.partitions})" for s in missing))
-        except TopicAlreadyExistsError:
-            logger.info("topics %s were created concurrently by another service", [s.name for s in missing])
+        created = admin.create_topics(missing)
+        if created:
+            logger.info(
+                "created topics %s",
+                ", ".join(f"{s.name}({s.partitions})" for s in missing if s.name in created),
+            )
+        raced = [s.name for s in missing if s.name not in created]
+        if raced:
+            logger.info("topics %s were created concurrently by another service", raced)
     _check_existing(admin, [s for s in specs if s.name in existing])
 
 
-def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+def _check_existing(admin: AdminClient, specs: list[TopicSpec]) -> None:
     if not specs:
         return
-    described = {t["name"]: t for t in admin.describe_topics([s.name for s in specs])}
+    counts = admin.partition_counts([s.name for s in specs])
     for spec in specs:
-        partitions = len(described[spec.name]["partitions"])
+        partitions = counts[spec.name]
         if partitions < spec.partitions:
             logger.warning(
                 "topic %s has %d partitions, fewer than the %d configured: at most %d consumers can share it",
@@ -90,16 +83,13 @@ def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
     _check_message_size(admin, specs)
 
 
-def _check_message_size(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+def _check_message_size(admin: AdminClient, specs: list[TopicSpec]) -> None:
     wanted = {s.name: int(s.config["max.message.bytes"]) for s in specs if "max.message.bytes" in s.config}
     if not wanted:
         return
-    resources = [
-        ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None}) for name in wanted
-    ]
-    described = admin.describe_configs(resources, config_filter="all")["topic"]
+    described = admin.topic_config(list(wanted), "max.message.bytes")
     for name, minimum in wanted.items():
-        actual = int(described[name]["max.message.bytes"]["value"])
+        actual = int(described[name])
         if actual < minimum:
             raise ConfigurationError(
                 f"topic {name} has max.message.bytes={actual}, below the {minimum} that "

@@ -15,10 +15,9 @@ import asyncio
 import logging
 import math
 
-from kafka import KafkaAdminClient
-
-from pipeline_core.clients import create_admin
+from pipeline_core.clients import create_admin_client
 from pipeline_core.errors import PipelineError
+from pipeline_core.kafka_client import AdminClient
 from pipeline_core.lag import group_offsets
 from producer_api import metrics
 from producer_api.broker import any_port_open
@@ -54,7 +53,7 @@ class Admission:
         self._accepted_since_measure = 0
         self._throughput = math.nan  # images/s the group works off while busy; nan until seen
         self._busy: list[tuple[float, int]] = []  # (seconds, records committed) of the last busy measures
-        self._admin: KafkaAdminClient | None = None
+        self._admin: AdminClient | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -185,6 +184,6 @@ class Admission:
             # kafka-python leaks sockets when a client's bootstrap fails, so only try once a port answers.
             if not any_port_open(s.kafka_bootstrap_servers):
                 raise PipelineError(f"no broker listening at {s.kafka_bootstrap_servers}")
-            self._admin = create_admin(s, "api-backlog")
+            self._admin = create_admin_client(s, "api-backlog")
         offsets = group_offsets(self._admin, s.consumer_group_inference, s.topic_images).values()
         return sum(done for done, _end in offsets), sum(max(0, end - done) for done, end in offsets)

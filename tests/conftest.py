@@ -13,7 +13,7 @@ import pytest
 
 from kafka_local.provision import provide_broker
 from launcher.system import System
-from pipeline_core.clients import create_admin
+from pipeline_core.clients import create_admin_client
 from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import ensure_topics, pipeline_topics
 
@@ -134,7 +134,7 @@ def pipeline_settings(kafka_bootstrap: str) -> PipelineSettings:
         topic_partitions=6,
         _env_file=None,  # type: ignore[call-arg]
     )
-    admin = create_admin(settings, "tests")
+    admin = create_admin_client(settings, "tests")
     try:
         ensure_topics(admin, pipeline_topics(settings))
     finally:

@@ -147,10 +147,10 @@ def test_two_workers_split_the_partitions_and_classify_each_image_once(
 
 
 def _group_lag(settings: PipelineSettings) -> int:
-    from pipeline_core.clients import create_admin
+    from pipeline_core.clients import create_admin_client
     from pipeline_core.lag import group_lag
 
-    admin = create_admin(settings, "tests")
+    admin = create_admin_client(settings, "tests")
     try:
         return sum(group_lag(admin, settings.consumer_group_inference, settings.topic_images).values())
     finally:

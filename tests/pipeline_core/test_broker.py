@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline_core.clients import create_admin, create_consumer, create_producer
+from pipeline_core.clients import create_admin, create_admin_client, create_consumer, create_producer
 from pipeline_core.errors import ConfigurationError
 from pipeline_core.events import ImageEvent, ImageMeta, decode_image, encode_image
 from pipeline_core.settings import PipelineSettings
@@ -15,14 +15,27 @@ from pipeline_core.topics import ensure_topics, pipeline_topics
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_topics_are_created_idempotently_with_the_configured_partitions(
-    pipeline_settings: PipelineSettings,
+def test_topics_are_created_idempotently_with_the_configured_partitions_and_limits(
+    client_settings: PipelineSettings,
 ) -> None:
-    admin = create_admin(pipeline_settings, "tests")
+    from conftest import unique
+
+    s = client_settings.model_copy(
+        update={"topic_images": unique("images"), "topic_dead_letter": unique("dead-letter")}
+    )
+    admin = create_admin_client(s, "tests")
     try:
-        ensure_topics(admin, pipeline_topics(pipeline_settings))  # second call: nothing to create, no error
-        described = admin.describe_topics([pipeline_settings.topic_images])
-        assert len(described[0]["partitions"]) == 6
+        ensure_topics(admin, pipeline_topics(s))  # creates the two new topics, with this client library
+        ensure_topics(admin, pipeline_topics(s))  # second call: nothing to create, no error
+        assert {s.topic_images, s.topic_dead_letter} <= admin.topic_names()
+        assert admin.partition_counts([s.topic_images, s.topic_dead_letter]) == {
+            s.topic_images: 6,
+            s.topic_dead_letter: 1,
+        }
+        assert admin.topic_config([s.topic_images], "max.message.bytes") == {
+            s.topic_images: str(s.max_record_bytes)
+        }
+        assert admin.broker_count() == 1
     finally:
         admin.close()
 
@@ -48,9 +61,9 @@ def test_the_images_and_dead_letter_topics_keep_records_as_long_as_the_settings_
     assert retention[s.topic_predictions] == 7 * 24 * 3600 * 1000, "the broker's default: results stay a week"
 
 
-def test_existing_topic_too_small_for_the_image_limit_is_refused(pipeline_settings: PipelineSettings) -> None:
-    bigger = pipeline_settings.model_copy(update={"max_image_bytes": pipeline_settings.max_image_bytes * 2})
-    admin = create_admin(bigger, "tests")
+def test_existing_topic_too_small_for_the_image_limit_is_refused(client_settings: PipelineSettings) -> None:
+    bigger = client_settings.model_copy(update={"max_image_bytes": client_settings.max_image_bytes * 2})
+    admin = create_admin_client(bigger, "tests")
     try:
         with pytest.raises(ConfigurationError, match=r"max\.message\.bytes"):
             ensure_topics(admin, pipeline_topics(bigger))

@@ -256,3 +256,17 @@ def test_a_poll_returns_as_soon_as_a_record_is_there_not_when_the_batch_is_full(
     assert [r.value for r in got] == [b"alone"]
     # Far less than one poll's timeout: a client that waited to fill the batch would take all of it.
     assert waited < timeout_s / 2, f"{waited:.1f} s for one record"
+
+
+def test_the_admin_client_waits_for_a_broker_and_then_says_none_answered(
+    client_settings: PipelineSettings,
+) -> None:
+    from kafka_local import free_port
+    from pipeline_core.clients import wait_for_admin
+    from pipeline_core.errors import BrokerUnavailableError
+
+    s = client_settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match=r"no Kafka broker answered at 127\.0\.0\.1:"):
+        wait_for_admin(s, "tests", timeout_s=3).close()
+    assert time.monotonic() - started < 60, "bounded by its timeout and one request's"

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline_core.clients import RoundRobinPartitioner, create_admin, create_consumer, create_producer
+from pipeline_core.clients import (
+    RoundRobinPartitioner,
+    create_admin_client,
+    create_consumer,
+    create_producer,
+)
 from pipeline_core.kafka_client import first_offsets, next_offsets
 from pipeline_core.kafka_python_client import KafkaPythonConsumer
 from pipeline_core.offsets import OffsetCommitter
@@ -121,7 +126,7 @@ def test_commit_while_the_broker_is_away_keeps_the_offsets_and_succeeds_once_it_
     broker.start()
     try:
         settings = pipeline_settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})
-        admin = create_admin(settings, "tests")
+        admin = create_admin_client(settings, "tests")
         ensure_topics(admin, pipeline_topics(settings))
         admin.close()
         _produce(settings, 12, partitioner=RoundRobinPartitioner())
