@@ -77,12 +77,15 @@ def _start_dockerd() -> None:
     logger.info("starting dockerd in the background (log: %s)", DOCKERD_LOG)
     DOCKERD_LOG.parent.mkdir(parents=True, exist_ok=True)
     with DOCKERD_LOG.open("ab") as log:
-        subprocess.Popen(
-            [shutil.which("dockerd") or "dockerd"],
+        # `setsid --fork`: dockerd runs on in a session of its own (the engine is the machine's, not this
+        # command's), and the process we start exits at once, so nothing is left for us to wait on.
+        subprocess.run(
+            [shutil.which("setsid") or "setsid", "--fork", shutil.which("dockerd") or "dockerd"],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,  # outlives us: the engine is the machine's, not this command's
+            timeout=30,
+            check=True,
         )
     deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
     while time.monotonic() < deadline:
