@@ -188,7 +188,10 @@ def read_inputs(pipeline: dict[str, Any], store: dict[str, Any], assumptions: As
     clients = {
         str(lv["kafka_client"]): role_cpu_ms(lv["cpu_s_per_image"])
         for lv in pipeline.get("clients") or []
-        if "kafka_client" in lv and "cpu_s_per_image" in lv
+        # The default guarantee's figures: the report also measures each client with at-least-once.
+        if "kafka_client" in lv
+        and "cpu_s_per_image" in lv
+        and lv.get("processing_guarantee", "exactly-once") == "exactly-once"
     }
     m = pipeline["machine"]
     fraction = level.get("fraction_of_saturation")

@@ -136,19 +136,20 @@ def _budget(report: dict[str, Any]) -> list[str]:
 
 
 def _clients(report: dict[str, Any]) -> list[str]:
-    """Saturation with each Kafka client library (KAFKA_CLIENT), the rest as `make run`."""
+    """Saturation with each Kafka client library and guarantee, the rest as `make run`, and the ratios."""
     levels = report.get("clients")
     if not levels:
         return []
     names = ("api", "inference-1", "inference-2", "sink", "broker", "load generator")
     lines = [
-        f"## Kafka client libraries (KAFKA_CLIENT; {report['best_config']}, saturated by "
-        f"{report.get('saturating_users', 8)} closed-loop users)",
+        f"## Kafka client libraries and processing guarantees (KAFKA_CLIENT, PROCESSING_GUARANTEE; "
+        f"{report['best_config']}, saturated by {report.get('saturating_users', 8)} closed-loop users, in the "
+        "order run)",
         "",
-        "| client | completed img/s | vs ceiling | p50 ms | p99 ms | "
+        "| client | guarantee | completed img/s | vs ceiling | p50 ms | p99 ms | "
         + " | ".join(f"{n} CPU ms/img" for n in names)
         + " | all but model and load gen |",
-        "|---" * (len(names) + 6) + "|",
+        "|---" * (len(names) + 7) + "|",
     ]
     model_ms = model_ms_per_image(report)
     for level in levels:
@@ -157,11 +158,22 @@ def _clients(report: dict[str, Any]) -> list[str]:
         system = sum(v for k, v in cpu.items() if v is not None and k != "load generator") * 1000
         rt = level["round_trip_ms"]
         lines.append(
-            f"| {level['kafka_client']} | {level['completed_images_per_s']:.1f} | "
+            f"| {level['kafka_client']} | {level.get('processing_guarantee', 'exactly-once')} | "
+            f"{level['completed_images_per_s']:.1f} | "
             f"{level['completed_images_per_s'] / report['model']['ceiling_images_per_s']:.0%} | "
             f"{_f(rt['p50'])} | {_f(rt['p99'])} | " + " | ".join(cells) + f" | {_f(system - model_ms, 2)} |"
         )
-    return [*lines, ""]
+    rate = {
+        (lv["kafka_client"], lv.get("processing_guarantee", "exactly-once")): lv["completed_images_per_s"]
+        for lv in levels
+    }
+    ratios = [
+        f"exactly-once / at-least-once with {client}: "
+        f"**{rate[(client, 'exactly-once')] / rate[(client, 'at-least-once')]:.2f}**"
+        for client in ("kafka-python", "confluent-kafka")
+        if rate.get((client, "exactly-once")) and rate.get((client, "at-least-once"))
+    ]
+    return [*lines, "", *(f"- {r}" for r in ratios), *([""] if ratios else [])]
 
 
 def _profiled(report: dict[str, Any]) -> list[str]:

@@ -23,13 +23,18 @@ def test_smoke_benchmark_runs_end_to_end_and_writes_its_report(tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "pipeline.json").read_text())
     assert report["model"]["ceiling_images_per_s"] > 0
-    assert [level["kafka_client"] for level in report["clients"]] == ["kafka-python", "confluent-kafka"]
+    assert {(level["kafka_client"], level["processing_guarantee"]) for level in report["clients"]} == {
+        (client, guarantee)
+        for client in ("kafka-python", "confluent-kafka")
+        for guarantee in ("exactly-once", "at-least-once")
+    }, "both clients with both guarantees, in one run"
     for level in report["sweep"] + report["clients"]:
         assert level["completed"] > 0 and level["errors"] == 0, level
         assert level["completed"] + level["timed_out"] == level["accepted"], (
             "every accepted image accounted for"
         )
     page = (tmp_path / "pipeline.md").read_text()
-    assert "| offered img/s |" in page and "| confluent-kafka |" in page
+    assert "| offered img/s |" in page and "| confluent-kafka | at-least-once |" in page
+    assert "exactly-once / at-least-once with confluent-kafka" in page
     assert (tmp_path / "pipeline.png").stat().st_size > 10_000
     assert (tmp_path / "pipeline-cpu.png").stat().st_size > 10_000
