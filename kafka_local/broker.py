@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
+from kafka_local.container import format_command
 from pipeline_core.errors import BrokerUnavailableError, DependencyMissingError
 
 logger = logging.getLogger(__name__)
@@ -220,18 +221,7 @@ class LocalBroker:
     def _format(self, java: str, classpath: str, props: Path) -> None:
         cluster_id = self.cluster_id or new_cluster_id()
         result = subprocess.run(
-            [
-                java,
-                "-cp",
-                classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                *self.format_args,
-                "-t",
-                cluster_id,
-                "-c",
-                str(props),
-            ],
+            format_command(java, classpath, props, cluster_id, self.format_args),
             capture_output=True,
             text=True,
             check=False,

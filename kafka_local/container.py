@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 KAFKA_HOME = Path("/opt/kafka")
@@ -101,23 +101,22 @@ def _read_exactly(connection: socket.socket, n: int) -> bytes:
 
 
 def format_command(
-    java: str, classpath: str, config: Path, cluster_id: str, static_quorum: bool
+    java: str, classpath: str, config: Path, cluster_id: str, options: Sequence[str] = ()
 ) -> list[str]:
-    """KRaft's storage format; a dynamic quorum (no `controller.quorum.voters`) starts as a standalone one."""
-    command = [
+    """KRaft's storage format with these options (`--standalone` for a new dynamic quorum, none for static
+    voters); the jar-launched broker formats its store with it too."""
+    return [
         java,
         "-cp",
         classpath,
         "kafka.tools.StorageTool",
         "format",
+        *options,
         "-t",
         cluster_id,
         "-c",
         str(config),
     ]
-    if not static_quorum:
-        command.append("--standalone")
-    return command
 
 
 def broker_command(java: str, classpath: str, config: Path, environ: Mapping[str, str]) -> list[str]:
@@ -153,7 +152,8 @@ def main() -> None:
         static = "controller.quorum.voters" in properties
         pid = os.fork()
         if pid == 0:
-            os.execv(java, format_command(java, classpath, config, cluster_id, static))  # noqa: S606
+            options = () if static else ("--standalone",)
+            os.execv(java, format_command(java, classpath, config, cluster_id, options))  # noqa: S606
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             sys.exit(f"kafka: formatting the store in {log_dir} failed")

@@ -53,11 +53,10 @@ def test_no_broker_variable_gives_a_single_node_broker_and_any_variable_replaces
     assert given == {"node.id": "3", "log.dirs": DEFAULTS["log.dirs"]}, "JVM options are not broker settings"
 
 
-def test_the_store_is_formatted_standalone_only_without_static_voters() -> None:
-    static = format_command("java", "cp", Path("/conf/server.properties"), "id", static_quorum=True)
-    dynamic = format_command("java", "cp", Path("/conf/server.properties"), "id", static_quorum=False)
-    assert "--standalone" not in static and dynamic[-1] == "--standalone"
-    assert static[static.index("-t") + 1] == "id"
+def test_the_store_is_formatted_with_the_options_given() -> None:
+    command = format_command("java", "cp", Path("/conf/server.properties"), "id", ["--standalone"])
+    assert command[4:6] == ["format", "--standalone"]
+    assert command[command.index("-t") + 1] == "id" and command[-1] == "/conf/server.properties"
 
 
 def test_the_jvm_takes_the_heap_and_options_given() -> None:
