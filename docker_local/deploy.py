@@ -117,7 +117,14 @@ class Deployment:
         ca = os.environ.get("BUILD_CA_BUNDLE") or (
             str(HOST_CA_BUNDLE) if HOST_CA_BUNDLE.exists() else "/dev/null"
         )
-        self.settings = {"PYTHON_IMAGE": base, "KAFKA_IMAGE": kafka, "BUILD_CA_BUNDLE": ca} | self.settings
+        # Only the project's broker image is known to run on a read-only root file system (see docker-compose.yml).
+        read_only = "false" if os.environ.get("KAFKA_IMAGE") else "true"
+        self.settings = {
+            "PYTHON_IMAGE": base,
+            "KAFKA_IMAGE": kafka,
+            "KAFKA_READ_ONLY": read_only,
+            "BUILD_CA_BUNDLE": ca,
+        } | self.settings
         self.write_env_file()
         logger.info("building the service images on %s (cached layers are reused)", base)
         self.compose("build", timeout_s=3600)
