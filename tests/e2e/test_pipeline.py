@@ -10,7 +10,14 @@ import time
 import httpx
 import pytest
 from httpx_sse import aconnect_sse, connect_sse
-from support import lost_and_duplicated, predictions_on_topic, system_settings, upload, wait_by_polling
+from support import (
+    lost_and_duplicated,
+    predictions_on_topic,
+    system_settings,
+    upload,
+    upload_patiently,
+    wait_by_polling,
+)
 
 from docker_local.deploy import Deployment
 from launcher.system import System
@@ -126,7 +133,8 @@ def test_two_consumers_split_the_partitions_and_each_image_is_classified_exactly
         jobs = [
             job
             for n in range(10)
-            for job in upload(client, {f"c{n}-{k}.jpg": photos["coffee"] for k in range(4)})
+            # As a well-behaved client: the compose deployment runs with admission by wait on (429 + Retry-After).
+            for job in upload_patiently(client, {f"c{n}-{k}.jpg": photos["coffee"] for k in range(4)})
         ]
         for job in jobs:
             assert wait_by_polling(client, job["result_url"])["label"] == "espresso"
