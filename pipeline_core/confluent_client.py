@@ -62,9 +62,11 @@ from pipeline_core.kafka_client import (
     TopicPartition,
     first_offsets,
 )
+from pipeline_core.logs import RepeatFilter
 
 logger = logging.getLogger(__name__)
 librdkafka_logger = logging.getLogger("kafka.librdkafka")
+librdkafka_logger.addFilter(RepeatFilter())  # its reconnect loop logs every attempt
 _Client = TypeVar("_Client", Consumer, Producer)
 
 COMMITTED_TIMEOUT_S = 5.0  # reading committed offsets waits for pending transactional ones; bounded

@@ -1,11 +1,18 @@
-"""Logging set-up, called once at each entry point."""
+"""Logging set-up, called once at each entry point, and the filter that keeps a client's reconnect loop from
+flooding the log."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# What differs between two reports of the same trouble: timings, counts, client instance numbers.
+_VARYING = re.compile(r"\d+")
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -13,3 +20,36 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr, force=True)
     # kafka-python logs every connection attempt at INFO; its warnings and errors are what operators need.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+class RepeatFilter(logging.Filter):
+    """Lets one record of a kind through per `window_s`; the next one let through says how many were dropped.
+
+    A kind is the message with its numbers taken out: librdkafka reports every failed reconnect of every
+    connection (seen: one line each 50 ms per client while a broker was down), and "after 0ms" and "after 3ms"
+    are the same news. Thread-safe: librdkafka logs from its own threads.
+    """
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._shown: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = _VARYING.sub("#", record.getMessage())
+        now = self._clock()
+        with self._lock:
+            if now - self._shown.get(kind, -self._window_s) < self._window_s:
+                self._dropped[kind] = self._dropped.get(kind, 0) + 1
+                return False
+            self._shown[kind] = now
+            dropped = self._dropped.pop(kind, 0)
+            if len(self._shown) > 1000:  # kinds are few; bounded all the same
+                self._shown = {k: t for k, t in self._shown.items() if now - t < self._window_s}
+        if dropped:
+            record.msg = f"{record.getMessage()} ({dropped} more like it in the last {self._window_s:.0f} s)"
+            record.args = None
+        return True

@@ -192,6 +192,7 @@ class ConsumerRuntime:
         self._rewind_pending: set[TopicPartition] = set()
         self._empty_since: float | None = None  # since when polls have returned nothing
         self._stalled_checks = 0
+        self._unanswered_checks = 0
         self._raw: dict[tuple[str, int, int], RawRecord] = {}  # the batch in hand as polled, by coordinates
         self._bare_dead_letters: set[tuple[str, int, int]] = set()  # records whose full copy was refused
         self._fenced: deque[float] = deque()  # when this consumer's producer was last fenced
@@ -621,8 +622,21 @@ class ConsumerRuntime:
                 if n and tp in self._assignment
             }
         except PipelineError as e:
-            logger.debug("%s: stall check not answered: %s", self.config.role, describe(e))
+            # Quiet while it is the brokers that are away; said once the polls have been empty for a while,
+            # since a consumer that cannot learn its offsets also fetches nothing.
+            self._unanswered_checks += 1
+            if should_log(self._unanswered_checks):
+                logger.warning(
+                    "%s: polls returned nothing for %.0f s and the brokers did not say whether %s have records "
+                    "to read (check %d): %s",
+                    self.config.role,
+                    idle_s,
+                    partition_names(self._assignment),
+                    self._unanswered_checks,
+                    describe(e),
+                )
             return False
+        self._unanswered_checks = 0
         if not waiting:
             self._stalled_checks = 0
             return False
