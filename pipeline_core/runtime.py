@@ -622,20 +622,7 @@ class ConsumerRuntime:
                 if n and tp in self._assignment
             }
         except PipelineError as e:
-            # Quiet while it is the brokers that are away; said once the polls have been empty for a while,
-            # since a consumer that cannot learn its offsets also fetches nothing.
-            self._unanswered_checks += 1
-            if should_log(self._unanswered_checks):
-                logger.warning(
-                    "%s: polls returned nothing for %.0f s and the brokers did not say whether %s have records "
-                    "to read (check %d): %s",
-                    self.config.role,
-                    idle_s,
-                    partition_names(self._assignment),
-                    self._unanswered_checks,
-                    describe(e),
-                )
-            return False
+            return self._unanswered_stall_check(idle_s, e)
         self._unanswered_checks = 0
         if not waiting:
             self._stalled_checks = 0
@@ -659,6 +646,38 @@ class ConsumerRuntime:
             names,
         )
         self._stalled_checks = 0
+        self._replace_consumer()
+        return True
+
+    def _unanswered_stall_check(self, idle_s: float, error: PipelineError) -> bool:
+        """The stall check got no answer: the brokers are away, or this client cannot learn where its partitions
+        start. A confluent-kafka consumer was seen asking for its committed offsets in vain for minutes after
+        the broker was killed and restarted mid-transaction (its polls empty, records waiting). So at the 2nd,
+        4th, 8th... unanswered check in a row: a new consumer, which rejoins and asks afresh, and with
+        exactly-once a new producer too, whose initialisation settles any transaction of ours left open. The
+        spacing doubles, so a broker that stays away costs a few replacements, not one every check."""
+        self._unanswered_checks += 1
+        checks = self._unanswered_checks
+        if not should_log(checks):
+            return False
+        replacing = checks >= 2
+        logger.warning(
+            "%s: polls returned nothing for %.0f s and the brokers did not say whether %s have records to read "
+            "(check %d in a row): %s%s",
+            self.config.role,
+            idle_s,
+            partition_names(self._assignment),
+            checks,
+            describe(error),
+            "; replacing the consumer" + (" and the producer" if self.config.exactly_once else "")
+            if replacing
+            else "",
+        )
+        if not replacing:
+            return False
+        self.stats.retries += 1
+        if self.config.exactly_once:
+            self._replace_producer()
         self._replace_consumer()
         return True
 

@@ -41,6 +41,9 @@ class FakeConsumer:
         self.closed = False
         self.fail_polls = 0  # this many polls raise BrokerUnavailableError first
         self.stuck = False  # polls return nothing whatever there is to read (a client's internal stall)
+        # Stuck, and the brokers never say where its partitions start: its stall checks go unanswered.
+        self.offsets_unreadable = False
+        self.stall_checks = 0  # readable() calls
         self.polls = 0  # polls begun, so that a test can wait for one begun after it changed something
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
@@ -58,7 +61,7 @@ class FakeConsumer:
             self.fail_polls -= 1
             raise BrokerUnavailableError("fake broker away")
         out: list[RawRecord] = []
-        if self.stuck:
+        if self.stuck or self.offsets_unreadable:
             return out
         for tp in sorted(self.positions):
             log = self.broker.logs[tp]
@@ -89,6 +92,9 @@ class FakeConsumer:
         return {tp: len(self.broker.logs[tp]) - pos for tp, pos in self.positions.items()}
 
     def readable(self, timeout_s: float) -> dict[TopicPartition, int]:
+        self.stall_checks += 1
+        if self.offsets_unreadable:
+            raise BrokerUnavailableError("reading committed offsets: timed out")
         return self.lag()
 
     def close(self) -> None:

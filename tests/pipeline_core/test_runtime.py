@@ -403,6 +403,34 @@ def test_a_stalled_client_is_fetched_again_then_replaced_and_nothing_is_lost(exa
     assert outputs == sorted([b"A", b"B", *(f"LATE{n}".encode() for n in range(6))])
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_a_consumer_whose_stall_checks_go_unanswered_is_replaced_with_its_producer(
+    exactly_once: bool,
+) -> None:
+    """A client that never learns where its partitions start (confluent-kafka after a broker was killed
+    mid-transaction and restarted): empty polls, and every stall check unanswered. At the second unanswered
+    check in a row the consumer is replaced, and with exactly-once the producer too; every record is then
+    handled once."""
+    broker = FakeBroker()
+    runtime, made = make_runtime(broker, EchoHandler(), exactly_once=exactly_once)
+    runtime.config = dataclasses.replace(runtime.config, stall_check_s=0.05)
+    make_consumer = runtime._consumer_factory
+
+    def first_one_unreadable() -> Any:
+        consumer = make_consumer()
+        consumer.offsets_unreadable = len(made["consumers"]) == 1
+        return consumer
+
+    runtime._consumer_factory = first_one_unreadable
+    feed(broker, [f"img{n}".encode() for n in range(8)])
+    run_until(runtime, lambda: committed_all(broker))
+    assert len(made["consumers"]) == 2, "the one that could not learn its offsets, and its replacement"
+    assert made["consumers"][0].closed
+    assert made["consumers"][0].stall_checks == 2, "replaced at the second unanswered check"
+    assert len(made["producers"]) == (2 if exactly_once else 1)
+    assert sorted(r.value for r in broker.read(OUT)) == sorted(f"IMG{n}".encode() for n in range(8))
+
+
 def test_an_idle_topic_is_not_a_stall() -> None:
     broker = FakeBroker()
     runtime, made = make_runtime(broker, EchoHandler(), exactly_once=True)
