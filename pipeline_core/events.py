@@ -25,7 +25,8 @@ FEEDBACK_SCHEMA = "feedback/1"
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Serialised, every field is written (defaults too): the published schemas say so (`schemas.py`).
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_serialization_defaults_required=True)
 
 
 class ImageMeta(_Event):

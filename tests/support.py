@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import struct
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 from httpx_sse import connect_sse
+from jsonschema import Draft202012Validator
 
 from launcher.system import System
 from pipeline_core.settings import PipelineSettings
@@ -112,12 +114,36 @@ def png_header_claiming(width: int, height: int) -> bytes:
     )
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def published_schema(schema: str) -> Draft202012Validator:
+    """A validator for the schema file docs/schemas/ publishes for this record type and version."""
+    from pipeline_core.schemas import file_name
+
+    document = json.loads((REPO / "docs" / "schemas" / file_name(schema)).read_text())
+    Draft202012Validator.check_schema(document)
+    return Draft202012Validator(document)
+
+
+def check_published_schema(value: bytes | None, headers: Iterable[tuple[str, bytes | None]]) -> None:
+    """A prediction record as a downstream consumer checks it: its header names the published schema, and
+    its value validates against that schema's file."""
+    from pipeline_core.events import PREDICTION_SCHEMA, schema_of
+
+    assert schema_of(list(headers)) == PREDICTION_SCHEMA
+    errors = sorted(published_schema(PREDICTION_SCHEMA).iter_errors(json.loads(value or b"")), key=str)
+    assert not errors, f"a prediction record does not match its published schema: {errors[0].message}"
+
+
 def predictions_on_topic(
     settings: PipelineSettings, expected: set[str], timeout_s: float = 240, settle_s: float = 2.0
 ) -> Counter[str]:
     """How many times each job's prediction is on the predictions topic, read as a downstream consumer reads
-    it (`read_committed`, from the beginning, no group). Reads until every expected job is there and nothing
-    new came for `settle_s` (so a late duplicate is counted too), or until `timeout_s`."""
+    it (`read_committed`, from the beginning, no group), each record checked against its published JSON Schema.
+    Reads until every expected job is there and nothing new came for `settle_s` (so a late duplicate is
+    counted too), or until `timeout_s`."""
     from kafka import TopicPartition
 
     from pipeline_core.clients import create_consumer
@@ -137,6 +163,7 @@ def predictions_on_topic(
         while time.monotonic() < deadline:
             batch = [r for rs in consumer.poll(timeout_ms=300).values() for r in rs]
             for r in batch:
+                check_published_schema(r.value, r.headers)
                 counts[decode_prediction(r.value, r.headers).job_id] += 1
             if batch:
                 quiet_since = time.monotonic()
