@@ -18,7 +18,9 @@ DEFAULT_MODEL_CACHE = (
 class ConsumerSettings(PipelineSettings):
     """One inference consumer instance. Run several with the same group to share the partitions."""
 
-    model_name: Literal["efficientnet-lite0", "resnet50", "custom"] = "efficientnet-lite0"
+    model_name: Literal[
+        "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "resnet50", "custom"
+    ] = "efficientnet-lite0"
     model_runtime: Literal["litert", "tensorflow"] = "litert"
     model_path: Path | None = Field(
         None, description="A .keras, SavedModel or .tflite file (MODEL_NAME=custom)."

@@ -6,7 +6,7 @@ import logging
 
 import keras
 
-from inference_consumer.model.efficientnet_lite import load_efficientnet_lite0
+from inference_consumer.model.efficientnet_lite import VARIANTS, load_efficientnet_lite
 from inference_consumer.model.sources import ModelSource
 from pipeline_core.errors import ModelLoadError
 
@@ -14,9 +14,9 @@ logger = logging.getLogger(__name__)
 
 
 def load_keras_model(source: ModelSource) -> keras.Model:
-    """The Keras model for an EfficientNet-Lite0 state dict, ResNet50 weights file or .keras file."""
-    if source.kind == "efficientnet-lite0":
-        return load_efficientnet_lite0(source.path)
+    """The Keras model for an EfficientNet-Lite state dict, ResNet50 weights file or .keras file."""
+    if source.kind in VARIANTS:
+        return load_efficientnet_lite(VARIANTS[source.kind], source.path)
     try:
         if source.kind == "resnet50":
             return keras.applications.ResNet50(weights=str(source.path))

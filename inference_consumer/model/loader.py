@@ -12,12 +12,14 @@ from inference_consumer.model.labels import Labels, imagenet_labels, read_labels
 from inference_consumer.model.litert_runtime import LiteRTRuntime
 from inference_consumer.model.preprocessing import (
     EFFICIENTNET_LITE0_SPEC,
+    EFFICIENTNET_LITE1_SPEC,
+    EFFICIENTNET_LITE2_SPEC,
     RESNET50_SPEC,
     ImageSpec,
     validate_scaling,
 )
 from inference_consumer.model.runtime import ModelRuntime
-from inference_consumer.model.sources import ModelSource, resolve_source
+from inference_consumer.model.sources import EFFICIENTNET_LITE_WEIGHTS, ModelSource, resolve_source
 from inference_consumer.model.tflite_cache import cached_tflite_path, convert_into_cache, ensure_tflite
 from inference_consumer.model.weights import read_state_dict
 from pipeline_core.errors import ConfigurationError, ModelLoadError
@@ -25,7 +27,12 @@ from pipeline_core.errors import ConfigurationError, ModelLoadError
 logger = logging.getLogger(__name__)
 
 RuntimeName = Literal["litert", "tensorflow"]
-_BUILTIN_SPECS = {"efficientnet-lite0": EFFICIENTNET_LITE0_SPEC, "resnet50": RESNET50_SPEC}
+_BUILTIN_SPECS = {
+    "efficientnet-lite0": EFFICIENTNET_LITE0_SPEC,
+    "efficientnet-lite1": EFFICIENTNET_LITE1_SPEC,
+    "efficientnet-lite2": EFFICIENTNET_LITE2_SPEC,
+    "resnet50": RESNET50_SPEC,
+}
 
 
 def load_classifier(
@@ -38,7 +45,7 @@ def load_classifier(
     cache_dir: Path,
     num_threads: int = 2,
 ) -> ImageClassifier:
-    """Load a model ("efficientnet-lite0", "resnet50" or "custom") on LiteRT or TensorFlow."""
+    """Load a model (efficientnet-lite0/1/2, resnet50, or "custom") on LiteRT or TensorFlow."""
     started = time.perf_counter()
     if runtime not in ("litert", "tensorflow"):
         raise ConfigurationError(f"unknown runtime {runtime!r}; choose litert or tensorflow")
@@ -87,7 +94,7 @@ def _litert(source: ModelSource, cache_dir: Path, num_threads: int) -> ModelRunt
         return LiteRTRuntime(source.path, num_threads)
     path, converted = (
         ensure_tflite(source, cache_dir)
-        if source.kind != "efficientnet-lite0"
+        if source.kind not in EFFICIENTNET_LITE_WEIGHTS
         else _ensure_efficientnet_tflite(source, cache_dir)
     )
     try:

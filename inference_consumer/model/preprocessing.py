@@ -36,7 +36,10 @@ class ImageSpec:
     crop_fraction: float | None = None
 
 
-EFFICIENTNET_LITE0_SPEC = ImageSpec(224, 224, "efficientnet-lite", crop_fraction=0.875)
+# Google's evaluation crop for EfficientNet: the centre size/(size + 32) of the short side (0.875 at 224).
+EFFICIENTNET_LITE0_SPEC = ImageSpec(224, 224, "efficientnet-lite", crop_fraction=224 / 256)
+EFFICIENTNET_LITE1_SPEC = ImageSpec(240, 240, "efficientnet-lite", crop_fraction=240 / 272)
+EFFICIENTNET_LITE2_SPEC = ImageSpec(260, 260, "efficientnet-lite", crop_fraction=260 / 292)
 RESNET50_SPEC = ImageSpec(224, 224, "caffe")
 
 

