@@ -219,6 +219,8 @@ class ConsumerRuntime:
         partition count holds none and is still healthy), else why not: the services' readiness."""
         if self.state.startswith(("retrying", "stopped")):
             return f"consumer is {self.state}"
+        if self._unanswered_checks >= 2:
+            return "consumer cannot learn where its partitions start (its committed offsets are not answered)"
         if self._assignment:
             return None
         if self.last_poll is not None and time.monotonic() - self.last_poll < RECENT_POLL_S:
@@ -349,7 +351,7 @@ class ConsumerRuntime:
             return
         if self._after_turn is not None:
             self._after_turn(consumer, True)
-        self._empty_since, self._stalled_checks = None, 0
+        self._empty_since, self._stalled_checks, self._unanswered_checks = None, 0, 0
         self._failures = 0
         self.state = "consuming"
         for r in records:
@@ -655,7 +657,9 @@ class ConsumerRuntime:
         the broker was killed and restarted mid-transaction (its polls empty, records waiting). So at the 2nd,
         4th, 8th... unanswered check in a row: a new consumer, which rejoins and asks afresh, and with
         exactly-once a new producer too, whose initialisation settles any transaction of ours left open. The
-        spacing doubles, so a broker that stays away costs a few replacements, not one every check."""
+        spacing doubles, so a broker that stays away costs a few replacements, not one every check. In the case
+        seen, the broker's group coordinator itself would not give the offsets, and this did not cure it
+        (docs/reliability.md, "Known issue"); readiness says so meanwhile."""
         self._unanswered_checks += 1
         checks = self._unanswered_checks
         if not should_log(checks):

@@ -416,14 +416,28 @@ def test_a_consumer_whose_stall_checks_go_unanswered_is_replaced_with_its_produc
     runtime.config = dataclasses.replace(runtime.config, stall_check_s=0.05)
     make_consumer = runtime._consumer_factory
 
+    reasons: list[str | None] = []
+
     def first_one_unreadable() -> Any:
+        if made["consumers"]:  # replacing it: what readiness says at that moment
+            reasons.append(runtime.not_ready_reason())
         consumer = make_consumer()
         consumer.offsets_unreadable = len(made["consumers"]) == 1
         return consumer
 
     runtime._consumer_factory = first_one_unreadable
     feed(broker, [f"img{n}".encode() for n in range(8)])
-    run_until(runtime, lambda: committed_all(broker))
+    ready_when_done: list[str | None] = []
+
+    def done() -> bool:
+        reason = runtime.not_ready_reason()
+        if committed_all(broker) and not ready_when_done:
+            ready_when_done.append(reason)
+        return bool(ready_when_done)
+
+    run_until(runtime, done)
+    assert reasons and "committed offsets" in (reasons[0] or ""), "not ready while its offsets are unanswered"
+    assert ready_when_done == [None], "ready again once records flow"
     assert len(made["consumers"]) == 2, "the one that could not learn its offsets, and its replacement"
     assert made["consumers"][0].closed
     assert made["consumers"][0].stall_checks == 2, "replaced at the second unanswered check"
