@@ -652,38 +652,27 @@ class ConsumerRuntime:
         return True
 
     def _unanswered_stall_check(self, idle_s: float, error: PipelineError) -> bool:
-        """The stall check got no answer: the brokers are away, or this client cannot learn where its partitions
-        start. A confluent-kafka consumer was seen asking for its committed offsets in vain for minutes after
-        the broker was killed and restarted mid-transaction (its polls empty, records waiting). So at the 2nd,
-        4th, 8th... unanswered check in a row: a new consumer, which rejoins and asks afresh, and with
-        exactly-once a new producer too, whose initialisation settles any transaction of ours left open. The
-        spacing doubles, so a broker that stays away costs a few replacements, not one every check. In the case
-        seen, the broker's group coordinator itself would not give the offsets, and this did not cure it
-        (docs/reliability.md, "Known issue"); readiness says so meanwhile."""
+        """The stall check got no answer: the brokers are away, or they will not say where this group's
+        partitions start (seen with confluent-kafka and exactly-once after the only broker was killed
+        mid-transaction and restarted: the group coordinator refused the offsets to every client, for good;
+        docs/reliability.md, "Known issue"). Nothing the client can do cures the latter (a new consumer and
+        producer were tried, and were refused alike), so: said in the log at the 1st, 2nd, 4th... unanswered
+        check in a row, and from the 2nd the consumer reports not ready, until records flow or a check is
+        answered. Returns False: the turn goes on."""
         self._unanswered_checks += 1
         checks = self._unanswered_checks
-        if not should_log(checks):
-            return False
-        replacing = checks >= 2
-        logger.warning(
-            "%s: polls returned nothing for %.0f s and the brokers did not say whether %s have records to read "
-            "(check %d in a row): %s%s",
-            self.config.role,
-            idle_s,
-            partition_names(self._assignment),
-            checks,
-            describe(error),
-            "; replacing the consumer" + (" and the producer" if self.config.exactly_once else "")
-            if replacing
-            else "",
-        )
-        if not replacing:
-            return False
-        self.stats.retries += 1
-        if self.config.exactly_once:
-            self._replace_producer()
-        self._replace_consumer()
-        return True
+        if should_log(checks):
+            logger.warning(
+                "%s: polls returned nothing for %.0f s and the brokers did not say whether %s have records to "
+                "read (check %d in a row%s): %s",
+                self.config.role,
+                idle_s,
+                partition_names(self._assignment),
+                checks,
+                "; not ready until they do" if checks >= 2 else "",
+                describe(error),
+            )
+        return False
 
     def _replace_consumer(self) -> None:
         old, self._consumer = self._consumer, None

@@ -41,8 +41,8 @@ class FakeConsumer:
         self.closed = False
         self.fail_polls = 0  # this many polls raise BrokerUnavailableError first
         self.stuck = False  # polls return nothing whatever there is to read (a client's internal stall)
-        # Stuck, and the brokers never say where its partitions start: its stall checks go unanswered.
-        self.offsets_unreadable = False
+        # Stuck, and the brokers do not say where its partitions start: this many stall checks go unanswered.
+        self.offsets_unreadable = 0
         self.stall_checks = 0  # readable() calls
         self.polls = 0  # polls begun, so that a test can wait for one begun after it changed something
 
@@ -94,6 +94,7 @@ class FakeConsumer:
     def readable(self, timeout_s: float) -> dict[TopicPartition, int]:
         self.stall_checks += 1
         if self.offsets_unreadable:
+            self.offsets_unreadable -= 1
             raise BrokerUnavailableError("reading committed offsets: timed out")
         return self.lag()
 
