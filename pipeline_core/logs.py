@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-# What differs between two reports of the same trouble: timings, counts, client instance numbers.
-_VARYING = re.compile(r"\d+")
+# What differs between two reports of the same trouble: timings and librdkafka's own suppression counts (not
+# addresses, broker ids or partitions: trouble with another broker is other news).
+_VARYING = re.compile(r"\d+ ?ms\b|\d+ identical error\(s\) suppressed")
+_MAX_KINDS = 1000
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -23,9 +25,10 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 class RepeatFilter(logging.Filter):
-    """Lets one record of a kind through per `window_s`; the next one let through says how many were dropped.
+    """Lets one record of a kind through per `window_s`; the next one let through says how many were dropped
+    since the last one shown. (The count of a kind that never comes back is not logged.)
 
-    A kind is the message with its numbers taken out: librdkafka reports every failed reconnect of every
+    A kind is the message with its timings taken out: librdkafka reports every failed reconnect of every
     connection (seen: one line each 50 ms per client while a broker was down), and "after 0ms" and "after 3ms"
     are the same news. Thread-safe: librdkafka logs from its own threads.
     """
@@ -47,9 +50,12 @@ class RepeatFilter(logging.Filter):
                 return False
             self._shown[kind] = now
             dropped = self._dropped.pop(kind, 0)
-            if len(self._shown) > 1000:  # kinds are few; bounded all the same
+            if len(self._shown) > _MAX_KINDS:  # kinds are few; bounded all the same
                 self._shown = {k: t for k, t in self._shown.items() if now - t < self._window_s}
+                self._dropped = {k: n for k, n in self._dropped.items() if k in self._shown}
+                if len(self._shown) > _MAX_KINDS:
+                    self._shown, self._dropped = {kind: now}, {}
         if dropped:
-            record.msg = f"{record.getMessage()} ({dropped} more like it in the last {self._window_s:.0f} s)"
+            record.msg = f"{record.getMessage()} ({dropped} more like it since the last one shown)"
             record.args = None
         return True

@@ -220,7 +220,7 @@ class ConsumerRuntime:
         if self.state.startswith(("retrying", "stopped")):
             return f"consumer is {self.state}"
         if self._unanswered_checks >= 2:
-            return "consumer cannot learn where its partitions start (its committed offsets are not answered)"
+            return "consumer's stall checks go unanswered: the brokers do not say where its partitions stand"
         if self._assignment:
             return None
         if self.last_poll is not None and time.monotonic() - self.last_poll < RECENT_POLL_S:
@@ -300,6 +300,7 @@ class ConsumerRuntime:
         it added)."""
         whole = self._consumer.assignment() if self._consumer is not None else set()
         self._assignment = frozenset(whole | partitions)
+        self._unanswered_checks = 0  # the stall checks start again for the new assignment
         logger.info("%s: partitions assigned: %s", self.config.role, partition_names(partitions) or "none")
         if self._on_assignment is not None:
             self._on_assignment(set(partitions), set())
@@ -308,6 +309,7 @@ class ConsumerRuntime:
         """Drop what belonged to revoked partitions: each batch is checkpointed before the next poll, so
         nothing is in hand; finished but uncommitted at-least-once offsets are re-delivered to the next owner."""
         self._assignment = self._assignment - partitions
+        self._unanswered_checks = 0
         if self._committer is not None:
             self._committer.forget(partitions)
         self._rewind_pending -= partitions
@@ -624,7 +626,8 @@ class ConsumerRuntime:
                 if n and tp in self._assignment
             }
         except PipelineError as e:
-            return self._unanswered_stall_check(idle_s, e)
+            self._unanswered_stall_check(idle_s, e)
+            return False
         self._unanswered_checks = 0
         if not waiting:
             self._stalled_checks = 0
@@ -651,14 +654,14 @@ class ConsumerRuntime:
         self._replace_consumer()
         return True
 
-    def _unanswered_stall_check(self, idle_s: float, error: PipelineError) -> bool:
+    def _unanswered_stall_check(self, idle_s: float, error: PipelineError) -> None:
         """The stall check got no answer: the brokers are away, or they will not say where this group's
         partitions start (seen with confluent-kafka and exactly-once after the only broker was killed
         mid-transaction and restarted: the group coordinator refused the offsets to every client, for good;
         docs/reliability.md, "Known issue"). Nothing the client can do cures the latter (a new consumer and
         producer were tried, and were refused alike), so: said in the log at the 1st, 2nd, 4th... unanswered
-        check in a row, and from the 2nd the consumer reports not ready, until records flow or a check is
-        answered. Returns False: the turn goes on."""
+        check in a row, and from the 2nd the consumer reports not ready, until records flow, a check is
+        answered or its partitions change."""
         self._unanswered_checks += 1
         checks = self._unanswered_checks
         if should_log(checks):
@@ -672,7 +675,6 @@ class ConsumerRuntime:
                 "; not ready until they do" if checks >= 2 else "",
                 describe(error),
             )
-        return False
 
     def _replace_consumer(self) -> None:
         old, self._consumer = self._consumer, None
@@ -682,6 +684,7 @@ class ConsumerRuntime:
             _quietly(old.close, "closing the stalled consumer")
         self._assignment = frozenset()
         self._rewind_pending.clear()
+        self._unanswered_checks = 0
         self._connect_consumer()
 
     def _rewind_to_committed(self, consumer: ConsumerClient) -> None:

@@ -3,10 +3,11 @@
 A consumer of the predictions topic reads what `encode_prediction` wrote: a JSON object, with the record's
 `schema` header naming its type and version (`prediction/1`). These are the schemas of those values, made from
 the same pydantic models that write and read them, so they cannot drift: `docs/schemas/` holds them as files
-(written by `python -m pipeline_core.schemas docs/schemas`), and a test fails when a file differs from what the
-models say. Versioning: any change to a model (a field added, removed or narrowed) is a new version, a new
-header value and a new file beside the old one; the readers here refuse versions they do not know
-(`SchemaVersionError`), and a downstream consumer should do the same.
+(written by `python -m pipeline_core.schemas docs/schemas`, which never overwrites a published file with
+different content), and a test fails when a file differs from what the models say. Versioning: any change to a
+model (a field added, removed or narrowed) is a new version, a new header value and a new file beside the old
+ones, which stay as published; the readers here refuse versions they do not know (`SchemaVersionError`), and a
+downstream consumer should do the same.
 """
 
 from __future__ import annotations
@@ -55,10 +56,18 @@ def main(argv: list[str]) -> int:
         return 2
     folder = Path(argv[0])
     folder.mkdir(parents=True, exist_ok=True)
+    changed = []
     for name, document in published().items():
-        (folder / name).write_text(render(document))
-        print(folder / name)
-    return 0
+        path = folder / name
+        if path.exists() and path.read_text() != render(document):
+            # A published version is frozen: a reader may hold it. A changed model is a new version.
+            changed.append(name)
+            continue
+        path.write_text(render(document))
+        print(path)
+    for name in changed:
+        print(f"{folder / name} is published and differs from its model: bump its version", file=sys.stderr)
+    return 1 if changed else 0
 
 
 if __name__ == "__main__":

@@ -58,7 +58,6 @@ VARIANTS = {
         LiteVariant("efficientnet-lite2", 1.1, 1.2, 260, 0.3),
     )
 }
-INPUT_SIZE = VARIANTS["efficientnet-lite0"].input_size
 
 
 def _channels(filters: int, width: float) -> int:
@@ -182,10 +181,7 @@ def _keras_weights(
 
 
 def load_state_dict(
-    model: keras.Model,
-    state: Mapping[str, np.ndarray],
-    source: Path,
-    variant: LiteVariant = VARIANTS["efficientnet-lite0"],
+    model: keras.Model, state: Mapping[str, np.ndarray], source: Path, variant: LiteVariant
 ) -> None:
     """Copy every tensor into the model, checking each shape; missing or unused tensors are errors."""
     used: set[str] = set()
@@ -213,8 +209,3 @@ def load_efficientnet_lite(variant: LiteVariant, weights_path: Path) -> keras.Mo
     model = build_efficientnet_lite(variant)
     load_state_dict(model, read_state_dict(weights_path), weights_path, variant)
     return model
-
-
-def load_efficientnet_lite0(weights_path: Path) -> keras.Model:
-    """Build EfficientNet-Lite0 and fill it from a legacy PyTorch state dict file."""
-    return load_efficientnet_lite(VARIANTS["efficientnet-lite0"], weights_path)

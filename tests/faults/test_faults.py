@@ -116,18 +116,22 @@ def test_kill_9_one_of_two_consumers_in_flight(
 
 # Known, not fixed (docs/reliability.md, "Known issue"): after the only broker is killed mid-transaction and
 # restarted, a confluent-kafka exactly-once group was seen (about 1 run in 8 here) to be refused its committed
-# offsets for good: a fresh read_committed client timed out too, a read_uncommitted one got none. The test runs
-# and asserts everything; its failure is reported as expected until that is fixed.
-CONFLUENT_EXACTLY_ONCE_OFFSETS_HANG = pytest.mark.xfail(
-    reason="known: group offsets unreadable after a broker kill mid-transaction (docs/reliability.md)",
-    strict=False,
-)
+# offsets for good. This variant runs and asserts everything; a failure is taken as that known issue only when
+# the consumer's log shows its symptom, and fails the test otherwise.
+KNOWN_OFFSETS_HANG = "and the brokers did not say whether"
+
+
+def known_offsets_hang(system: System, output_dir: Path) -> bool:
+    """Whether the system's inference consumer logged the known issue's symptom: unanswered stall checks, two
+    in a row at least (it then reports not ready)."""
+    log = (output_dir / f"{system.data_dir.name}.log").read_text(errors="replace")
+    return any(KNOWN_OFFSETS_HANG in line and "not ready until they do" in line for line in log.splitlines())
 
 
 @pytest.mark.parametrize(
     ("kafka_client", "guarantee"),
     [
-        pytest.param("confluent-kafka", "exactly-once", marks=CONFLUENT_EXACTLY_ONCE_OFFSETS_HANG),
+        ("confluent-kafka", "exactly-once"),
         ("confluent-kafka", "at-least-once"),
         ("kafka-python", "exactly-once"),
     ],
@@ -165,7 +169,16 @@ def test_broker_stopped_while_uploading_then_restarted(
                 "readiness says not ready while the broker is down"
             )
         broker.start()  # type: ignore[attr-defined]
-        wait_all_stored(system, accepted)
+        try:
+            wait_all_stored(system, accepted)
+        except AssertionError:
+            if (kafka_client, guarantee) == ("confluent-kafka", "exactly-once") and known_offsets_hang(
+                system, output_dir
+            ):
+                pytest.xfail(
+                    "the known issue: the group's offsets unreadable after the restart (docs/reliability.md)"
+                )
+            raise
         lost, duplicated = on_topic(system, accepted, exactly_once=guarantee == "exactly-once")
         with httpx.Client(base_url=system.api_url, timeout=30) as client:
             deadline = time.monotonic() + 60

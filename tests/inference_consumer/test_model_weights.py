@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from inference_consumer.model import load_classifier
-from inference_consumer.model.efficientnet_lite import build_efficientnet_lite0, load_state_dict
+from inference_consumer.model.efficientnet_lite import VARIANTS, build_efficientnet_lite0, load_state_dict
 from inference_consumer.model.weights import read_state_dict
 from pipeline_core.errors import ModelLoadError
 
+LITE0 = VARIANTS["efficientnet-lite0"]
 _MAGIC = 0x1950A86A20F9469CFC6C
 _SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
 
@@ -97,11 +98,11 @@ def test_shape_mismatch_names_file_and_tensor(tmp_path: Path, weights_path: Path
     with pytest.raises(
         ModelLoadError, match=r"model\.pth: tensor _blocks\.3\._project_conv\.weight has shape"
     ):
-        load_state_dict(build_efficientnet_lite0(), state, Path("model.pth"))
+        load_state_dict(build_efficientnet_lite0(), state, Path("model.pth"), LITE0)
 
 
 def test_missing_tensor_is_named(weights_path: Path) -> None:
     state = read_state_dict(weights_path)
     del state["_bn1.running_var"]
     with pytest.raises(ModelLoadError, match=r"_bn1\.running_var is missing"):
-        load_state_dict(build_efficientnet_lite0(), state, weights_path)
+        load_state_dict(build_efficientnet_lite0(), state, weights_path, LITE0)
