@@ -115,9 +115,9 @@ def test_kill_9_one_of_two_consumers_in_flight(
 
 
 # Known, not fixed (docs/reliability.md, "Known issue"): after the only broker is killed mid-transaction and
-# restarted, a confluent-kafka exactly-once group was seen (5 of 28 runs here) to be refused its committed
-# offsets for good. This variant runs and asserts everything; a failure is taken as that known issue only when
-# the consumer's log shows its symptom, and fails the test otherwise.
+# restarted, a confluent-kafka exactly-once group was seen (5 of 28 runs here, each of the last 3 CI runs) to
+# be refused its committed offsets for good. This variant runs and asserts everything; a failure is taken as that
+# known issue only when the consumer's log shows its symptom, and fails the test otherwise.
 KNOWN_OFFSETS_HANG = "and the brokers did not say whether"
 
 
