@@ -133,7 +133,8 @@ def check_published_schema(value: bytes | None, headers: Iterable[tuple[str, byt
     from pipeline_core.events import PREDICTION_SCHEMA, schema_of
 
     assert schema_of(list(headers)) == PREDICTION_SCHEMA
-    errors = sorted(published_schema(PREDICTION_SCHEMA).iter_errors(json.loads(value or b"")), key=str)
+    assert value is not None, "a prediction record without a value"
+    errors = sorted(published_schema(PREDICTION_SCHEMA).iter_errors(json.loads(value)), key=str)
     assert not errors, f"a prediction record does not match its published schema: {errors[0].message}"
 
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from support import published_schema
 
 from pipeline_core.events import (
     FEEDBACK_SCHEMA,
@@ -29,9 +30,7 @@ FOLDER = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
 
 def validator(schema: str) -> Draft202012Validator:
-    document = json.loads((FOLDER / file_name(schema)).read_text())
-    Draft202012Validator.check_schema(document)
-    return Draft202012Validator(document)
+    return published_schema(schema)  # the one the end-to-end tests check records with
 
 
 def test_the_files_are_what_the_models_say() -> None:
