@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from PIL import Image
@@ -28,6 +29,9 @@ def main() -> int:
         return 2
     # The API refuses larger images; a record written by another producer meets the same cap here.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    if settings.inference_role == "shadow" and settings.shadow_nice:
+        # The shadow must never slow the primary: on shared cores the scheduler serves the primary first.
+        logger.info("shadow role: CPU priority lowered to nice %d", os.nice(settings.shadow_nice))
     try:
         classifier = load_classifier(
             model=settings.model_name,

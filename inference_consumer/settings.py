@@ -15,12 +15,13 @@ DEFAULT_MODEL_CACHE = (
 )
 
 
+ModelName = Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "resnet50", "custom"]
+
+
 class ConsumerSettings(PipelineSettings):
     """One inference consumer instance. Run several with the same group to share the partitions."""
 
-    model_name: Literal[
-        "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "resnet50", "custom"
-    ] = "efficientnet-lite0"
+    model_name: ModelName = "efficientnet-lite0"
     model_runtime: Literal["litert", "tensorflow"] = "litert"
     model_path: Path | None = Field(
         None, description="A .keras, SavedModel or .tflite file (MODEL_NAME=custom)."
@@ -51,3 +52,33 @@ class ConsumerSettings(PipelineSettings):
     shutdown_grace_s: float = Field(15.0, gt=0, description="How long SIGTERM waits for the batch in hand.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve /metrics on this port; 0 turns it off.")
     metrics_host: str = Field("127.0.0.1", description="Address /metrics binds to (0.0.0.0 in a container).")
+    inference_role: Literal["primary", "shadow"] = Field(
+        "primary",
+        description="primary answers the clients (CONSUMER_GROUP_INFERENCE, TOPIC_PREDICTIONS); shadow is a "
+        "candidate model that reads the same images in a group of its own (CONSUMER_GROUP_SHADOW) and writes "
+        "to TOPIC_PREDICTIONS_SHADOW, which the sink only stores and compares (docs/model.md, rollout).",
+    )
+    shadow_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="A shadow consumer lowers its CPU priority by this much at start, so that on a busy machine "
+        "the primary's consumers get the cores first and the shadow falls behind instead.",
+    )
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group this role reads the images in."""
+        return (
+            self.consumer_group_shadow if self.inference_role == "shadow" else self.consumer_group_inference
+        )
+
+    @property
+    def predictions_topic(self) -> str:
+        """Where this role's results go."""
+        return self.topic_predictions_shadow if self.inference_role == "shadow" else self.topic_predictions
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """Where this role's unprocessable images go."""
+        return self.topic_dead_letter_shadow if self.inference_role == "shadow" else self.topic_dead_letter

@@ -115,7 +115,7 @@ def prediction_record(
 ) -> OutRecord:
     """A prediction as an output record of the predictions topic."""
     key, value, headers = encode_prediction(prediction)
-    return OutRecord(settings.topic_predictions, key, value, tuple(headers), source)
+    return OutRecord(settings.predictions_topic, key, value, tuple(headers), source)
 
 
 def readable_job_id(record: RawRecord) -> str | None:
@@ -161,13 +161,14 @@ class InferenceWorker:
         self.settings = settings
         self.classifier = classifier
         s = settings
-        group = s.consumer_group_inference
+        group = s.group_id
         config = runtime_config(
             s,
-            role="inference",
+            role="inference" if s.inference_role == "primary" else "shadow inference",
             group_id=group,
             decoders={s.topic_images: decode_image_record},
             exactly_once=s.processing_guarantee == "exactly-once",
+            dead_letter_topic=s.dead_letter_topic,
             max_records=s.batch_max_size,
             poll_timeout_s=s.batch_max_wait_ms / 1000,
             shutdown_grace_s=s.shutdown_grace_s,
@@ -197,11 +198,14 @@ class InferenceWorker:
         """Join the group and classify until `stop()`; raises what the runtime cannot survive."""
         c = self.classifier
         logger.info(
-            "model %s %s on %s, batches of up to %d",
+            "%s model %s %s on %s, batches of up to %d, group %s -> %s",
+            self.settings.inference_role,
             c.model_name,
             c.model_version,
             c.runtime,
             self.settings.batch_max_size,
+            self.settings.group_id,
+            self.settings.predictions_topic,
         )
         self.runtime.run()
 

@@ -52,6 +52,8 @@ def main() -> int:
                 role_env=role_env,
                 grant_acls=isinstance(local, LocalCluster) and local.security != "PLAINTEXT",
                 stop_timeout_s=settings.service_stop_timeout_s,
+                shadow_model=settings.shadow_model_name,
+                shadow_consumers=settings.shadow_consumers,
             )
             try:
                 return _supervise(system, stop, started)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from inference_consumer.settings import ModelName
 from pipeline_core.settings import PipelineSettings
 
 
@@ -14,6 +15,13 @@ class LauncherSettings(PipelineSettings):
     """What the launcher decides; each service still reads its own settings from the same environment."""
 
     inference_consumers: int = Field(2, ge=0, le=16, description="Inference consumer processes to start.")
+    shadow_model_name: ModelName | None = Field(
+        None,
+        description="Also start a shadow model: SHADOW_CONSUMERS consumers of this model in a group of their own "
+        "(CONSUMER_GROUP_SHADOW), at a lower CPU priority; the sink stores and compares its answers "
+        "(GET /v1/models) and answers clients from the primary's alone.",
+    )
+    shadow_consumers: int = Field(1, ge=1, le=16, description="Shadow consumer processes to start.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port of the upload API.")
     sink_port: int = Field(8001, ge=1, le=65535, description="Port of the results sink.")
     local_kafka_port: int = Field(9092, ge=1, le=65535, description="Port of the jar-launched broker.")

@@ -37,7 +37,10 @@ def isolated_env(name: str) -> dict[str, str]:
         "TOPIC_PREDICTIONS": f"{name}-predictions",
         "TOPIC_DEAD_LETTER": f"{name}-dead-letter",
         "TOPIC_FEEDBACK": f"{name}-feedback",
+        "TOPIC_PREDICTIONS_SHADOW": f"{name}-predictions.shadow",
+        "TOPIC_DEAD_LETTER_SHADOW": f"{name}-dead-letter.shadow",
         "CONSUMER_GROUP_INFERENCE": f"{name}-inference",
+        "CONSUMER_GROUP_SHADOW": f"{name}-inference-shadow",
         "CONSUMER_GROUP_SINK": f"{name}-sink",
     }
 
@@ -62,6 +65,9 @@ class System:
     # On a cluster with an authorizer: grant each service its ACLs (pipeline_core.acls) after the topics.
     grant_acls: bool = False
     stop_timeout_s: float = 20.0
+    # A shadow model (docs/model.md, rollout): its consumers run this model as INFERENCE_ROLE=shadow.
+    shadow_model: str | None = None
+    shadow_consumers: int = 1
     services: dict[str, Service] = field(default_factory=dict, init=False)
     consumer_metrics_ports: dict[str, int] = field(default_factory=dict, init=False)
     _env: dict[str, str] = field(default_factory=dict, init=False, repr=False)
@@ -115,6 +121,9 @@ class System:
         self.start_service("sink")
         for n in range(1, self.consumers + 1):
             self.start_service(f"inference-{n}")
+        if self.shadow_model:
+            for n in range(1, self.shadow_consumers + 1):
+                self.start_service(f"shadow-{n}")
         self.start_service("api")
         self.wait_ready(ready_timeout_s)
 
@@ -143,9 +152,12 @@ class System:
                 acl_admin.close()
 
     def start_service(self, name: str) -> Service:
-        """(Re)start one service by name: `api`, `sink` or `inference-N`."""
+        """(Re)start one service by name: `api`, `sink`, `inference-N` or `shadow-N`."""
         module = {"api": "producer_api", "sink": "results_sink"}.get(name, "inference_consumer")
-        colour = {"api": 5, "sink": 0}[name] if name in ("api", "sink") else int(name.rpartition("-")[2])
+        if name in ("api", "sink"):
+            colour = {"api": 5, "sink": 0}[name]
+        else:
+            colour = 6 if name.startswith("shadow-") else int(name.rpartition("-")[2])
         env = self._env
         if module == "inference_consumer":
             # Each consumer serves /metrics on its own port, kept across restarts so a scraper keeps finding it.
@@ -153,6 +165,8 @@ class System:
             # A stable instance id makes a stable transactional id: the restarted consumer fences the one it
             # replaces, and aborts the transaction that one left open at once instead of after its timeout.
             env = env | {"METRICS_PORT": str(port), "CONSUMER_INSTANCE_ID": name}
+            if name.startswith("shadow-") and self.shadow_model:
+                env = env | {"INFERENCE_ROLE": "shadow", "MODEL_NAME": self.shadow_model}
         role = {"producer_api": "api", "results_sink": "sink"}.get(module, "inference")
         env = env | dict(self.role_env.get(role, {}))
         service = Service(name, [sys.executable, "-m", module], env, colour=colour)
@@ -197,7 +211,7 @@ class System:
         """Stop in order: the API (no new uploads), then the consumers, then the sink. Returns exit codes."""
         codes: dict[str, int | None] = {}
         api = [s for n, s in self.services.items() if n == "api"]
-        consumers = [s for n, s in self.services.items() if n.startswith("inference-")]
+        consumers = [s for n, s in self.services.items() if n.startswith(("inference-", "shadow-"))]
         sink = [s for n, s in self.services.items() if n == "sink"]
         for group in (api, consumers, sink):
             for service in group:

@@ -56,9 +56,20 @@ def service_grants(settings: PipelineSettings) -> dict[str, list[Grant]]:
     s = settings
     topic, group, txn = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
     op = ACLOperation
-    every_topic = [s.topic_images, s.topic_predictions, s.topic_dead_letter, s.topic_feedback]
+    every_topic = [
+        s.topic_images,
+        s.topic_predictions,
+        s.topic_dead_letter,
+        s.topic_feedback,
+        s.topic_predictions_shadow,
+        s.topic_dead_letter_shadow,
+    ]
     inspect = [Grant(topic, name, o) for name in every_topic for o in (op.DESCRIBE, op.DESCRIBE_CONFIGS)]
-    transactions = f"{s.kafka_client_id_prefix}-{s.consumer_group_inference}-"
+    # The inference principal runs the primary's group and a shadow model's (INFERENCE_ROLE=shadow).
+    transactions = [
+        f"{s.kafka_client_id_prefix}-{group}-"
+        for group in (s.consumer_group_inference, s.consumer_group_shadow)
+    ]
     return {
         "api": [
             *inspect,
@@ -71,13 +82,20 @@ def service_grants(settings: PipelineSettings) -> dict[str, list[Grant]]:
             Grant(topic, s.topic_images, op.READ),
             Grant(topic, s.topic_predictions, op.WRITE),
             Grant(topic, s.topic_dead_letter, op.WRITE),
+            Grant(topic, s.topic_predictions_shadow, op.WRITE),
+            Grant(topic, s.topic_dead_letter_shadow, op.WRITE),
             Grant(group, s.consumer_group_inference, op.READ),
-            Grant(txn, transactions, op.WRITE, prefixed=True),
-            Grant(txn, transactions, op.DESCRIBE, prefixed=True),
+            Grant(group, s.consumer_group_shadow, op.READ),
+            *(
+                Grant(txn, prefix, o, prefixed=True)
+                for prefix in transactions
+                for o in (op.WRITE, op.DESCRIBE)
+            ),
         ],
         "sink": [
             *inspect,
             Grant(topic, s.topic_predictions, op.READ),
+            Grant(topic, s.topic_predictions_shadow, op.READ),
             Grant(topic, s.topic_feedback, op.READ),
             Grant(topic, s.topic_dead_letter, op.WRITE),
             Grant(group, s.consumer_group_sink, op.READ),

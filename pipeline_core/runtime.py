@@ -736,7 +736,6 @@ def runtime_config(
         role=role,
         group_id=group_id,
         decoders=decoders,
-        dead_letter_topic=settings.topic_dead_letter,
         output_limits={spec.name: spec.max_message_bytes for spec in pipeline_topics(settings)},
         exactly_once=exactly_once,
         transactional_id=transactional_id(settings, group_id) if exactly_once else None,
@@ -744,7 +743,7 @@ def runtime_config(
         checkpoint_timeout_s=min(30.0, settings.transaction_timeout_ms / 3000) if exactly_once else 30.0,
         connect_timeout_s=settings.kafka_connect_timeout_s,
         poison_max_attempts=settings.poison_max_attempts,
-        **overrides,
+        **({"dead_letter_topic": settings.topic_dead_letter} | overrides),
     )
 
 

@@ -70,8 +70,18 @@ class PipelineSettings(BaseSettings):
 
     topic_images: str = Field("images", description="Uploaded images, from the API to the consumers.")
     topic_predictions: str = Field("predictions", description="Results, from the consumers to the sink.")
+    topic_predictions_shadow: str = Field(
+        "predictions.shadow",
+        description="A shadow model's results, from its consumer group to the sink, which stores them beside the "
+        "primary's and compares (docs/model.md, rollout); no client is answered from it.",
+    )
     topic_dead_letter: str = Field(
         "images.dead-letter", description="Image records the consumers cannot read."
+    )
+    topic_dead_letter_shadow: str = Field(
+        "images.dead-letter.shadow",
+        description="Image records the shadow model's consumers could not process (apart from the primary's, so "
+        "that replaying the dead letters never feeds an image twice).",
     )
     topic_feedback: str = Field("feedback", description="Users' reports on labels, from the API to the sink.")
     topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions of a topic the services create.")
@@ -98,6 +108,10 @@ class PipelineSettings(BaseSettings):
     )
     consumer_group_inference: str = Field(
         "inference", description="Consumer group of the inference consumers."
+    )
+    consumer_group_shadow: str = Field(
+        "inference-shadow",
+        description="Consumer group of a shadow model's consumers (INFERENCE_ROLE=shadow).",
     )
     consumer_group_sink: str = Field("results-sink", description="Consumer group of the results sink.")
     commit_interval_ms: int = Field(

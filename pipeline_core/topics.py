@@ -46,6 +46,9 @@ def pipeline_topics(settings: PipelineSettings) -> list[TopicSpec]:
         TopicSpec(settings.topic_dead_letter, 1, rf, dead_letters),
         TopicSpec(settings.topic_predictions, parts, rf, replicas),
         TopicSpec(settings.topic_feedback, 1, rf, replicas),
+        # Always there, so that the sink can subscribe whether or not a shadow model runs.
+        TopicSpec(settings.topic_predictions_shadow, parts, rf, replicas),
+        TopicSpec(settings.topic_dead_letter_shadow, 1, rf, dead_letters),
     ]
 
 

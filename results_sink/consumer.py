@@ -22,6 +22,7 @@ from pipeline_core.kafka_client import OutRecord
 from pipeline_core.runtime import ConsumerRuntime, describe, runtime_config
 from pipeline_core.topics import ensure_topics, pipeline_topics
 from results_sink import metrics
+from results_sink.comparison import ModelMetrics
 from results_sink.settings import SinkSettings
 from results_sink.store import ResultStore, StoredResult
 
@@ -46,13 +47,20 @@ class SinkHandler:
         self.on_stored = on_stored
         self.stored = 0
         self.duplicates = 0
+        self.models = ModelMetrics()
+        # Pairs are looked up only once a shadow model has answered: without one, no query is added per batch.
+        self._shadow_seen = bool(store.recent(1, shadow=True))
 
     def handle(self, batch: Sequence[Record[Any]]) -> list[OutRecord]:
         """Store the batch; nothing goes back to Kafka."""
-        predictions = [r for r in batch if isinstance(r.value, PredictionEvent)]
+        shadow_topic = self.settings.topic_predictions_shadow
+        predictions = [r for r in batch if isinstance(r.value, PredictionEvent) and r.topic != shadow_topic]
+        shadows = [r for r in batch if isinstance(r.value, PredictionEvent) and r.topic == shadow_topic]
         feedback = [r for r in batch if isinstance(r.value, FeedbackEvent)]
         if predictions:
             self._store(predictions)
+        if shadows:
+            self._store_shadows(shadows)
         if feedback:
             metrics.FEEDBACK_WRITTEN.inc(self.store.add_feedback(feedback))
         return []
@@ -83,13 +91,34 @@ class SinkHandler:
         for stored in new:
             if stored.event.timings is not None:
                 metrics.RESULT_AGE_SECONDS.observe(stored.stored_at - stored.event.timings.received_at)
+        self.models.stored("primary", new)
+        if new and self._shadow_seen:
+            by_job = _by_job(new)
+            for shadow in self.store.shadows_of(list(by_job)):
+                self.models.paired(by_job[shadow.job_id].event, shadow.event)
         if new:
             self.on_stored(new)
+
+    def _store_shadows(self, records: list[Record[PredictionEvent]]) -> None:
+        """A shadow model's results: stored beside the primary's and compared, never streamed. Counted, and a
+        pair is counted here when the primary's half is in already (else when it comes, in `_store`)."""
+        new = self.store.write_shadow_batch([r.value for r in records])
+        self._shadow_seen = True
+        self.models.stored("shadow", new)
+        if new:
+            by_job = _by_job(new)
+            for primary in self.store.results_after(list(by_job), 0):
+                self.models.paired(primary.event, by_job[primary.job_id].event)
+
+
+def _by_job(results: list[StoredResult]) -> dict[str, StoredResult]:
+    return {r.job_id: r for r in results}
 
 
 def _decoders(settings: SinkSettings) -> dict[str, Callable[[RawRecord], object]]:
     return {
         settings.topic_predictions: lambda r: decode_prediction(r.value, r.headers),
+        settings.topic_predictions_shadow: lambda r: decode_prediction(r.value, r.headers),
         settings.topic_feedback: lambda r: decode_feedback(r.value, r.headers),
     }
 

@@ -19,3 +19,25 @@ RESULT_AGE_SECONDS = Histogram(
     "Round trip of one job: from upload receipt at the API to its result stored by the sink",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+MODEL_RESULTS = Counter(
+    "sink_model_results",
+    "Results stored, by role (primary, shadow), model name and status",
+    ["role", "model", "status"],
+)
+MODEL_COMPARED = Counter(
+    "sink_model_compared",
+    "Images the primary and a shadow model both classified, by the shadow's name and whether the top labels agree",
+    ["model", "outcome"],
+)
+MODEL_INFERENCE_SECONDS = Histogram(
+    "sink_model_inference_seconds",
+    "The model call of each stored result's batch, by role and model name",
+    ["role", "model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+MODEL_ROUND_TRIP_SECONDS = Histogram(
+    "sink_model_round_trip_seconds",
+    "From the API's receipt of an upload to each model's result stored, by role and model name",
+    ["role", "model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)

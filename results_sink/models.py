@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from results_sink.store import StoredResult
 
@@ -34,8 +34,29 @@ class ResultTimings(BaseModel):
     stored_at: float
 
 
+class ShadowResult(BaseModel):
+    """A shadow model's answer for the same image: stored and compared, never sent to a stream."""
+
+    status: Literal["done", "failed"]
+    label: str | None
+    score: float | None
+    top: list[TopLabel]
+    error: str | None
+    model: ModelInfo
+    timings: ResultTimings
+
+    @classmethod
+    def from_stored(cls, stored: StoredResult) -> ShadowResult:
+        """The client's view of a shadow model's stored prediction."""
+        return cls(**_answer(stored))
+
+
 class ResultResponse(BaseModel):
-    """A finished job: `GET /v1/results/{id}` and the data of every SSE `result` event."""
+    """A finished job: `GET /v1/results/{id}` and the data of every SSE `result` event.
+
+    `shadow` is the shadow model's answer when one runs and its answer is in (`GET` only; SSE events are sent as
+    soon as the primary's result is stored, and carry null).
+    """
 
     id: str
     status: Literal["done", "failed"]
@@ -46,23 +67,63 @@ class ResultResponse(BaseModel):
     error: str | None
     model: ModelInfo
     timings: ResultTimings
+    shadow: ShadowResult | None = None
 
     @classmethod
-    def from_stored(cls, stored: StoredResult) -> ResultResponse:
-        """The client's view of a stored prediction."""
-        e = stored.event
-        timings = e.timings.model_dump() if e.timings is not None else {}
+    def from_stored(cls, stored: StoredResult, shadow: StoredResult | None = None) -> ResultResponse:
+        """The client's view of a stored prediction (and of the shadow model's, if given)."""
         return cls(
-            id=e.job_id,
-            status=e.status,
-            filename=e.filename,
-            label=e.label,
-            score=e.score,
-            top=[TopLabel(label=t.label, wnid=t.wnid, index=t.index, score=t.score) for t in e.top],
-            error=e.error,
-            model=ModelInfo(name=e.model_name, version=e.model_version, runtime=e.runtime),
-            timings=ResultTimings(**timings, stored_at=stored.stored_at),
+            id=stored.event.job_id,
+            filename=stored.event.filename,
+            shadow=ShadowResult.from_stored(shadow) if shadow is not None else None,
+            **_answer(stored),
         )
+
+
+def _answer(stored: StoredResult) -> dict[str, Any]:
+    e = stored.event
+    timings = e.timings.model_dump() if e.timings is not None else {}
+    return {
+        "status": e.status,
+        "label": e.label,
+        "score": e.score,
+        "top": [TopLabel(label=t.label, wnid=t.wnid, index=t.index, score=t.score) for t in e.top],
+        "error": e.error,
+        "model": ModelInfo(name=e.model_name, version=e.model_version, runtime=e.runtime),
+        "timings": ResultTimings(**timings, stored_at=stored.stored_at),
+    }
+
+
+class Percentiles(BaseModel):
+    """Milliseconds; null when the window holds no measurement."""
+
+    p50: float | None
+    p99: float | None
+
+
+class ModelReport(BaseModel):
+    """One model's answers in the comparison window (`GET /v1/models`)."""
+
+    role: Literal["primary", "shadow"]
+    model: ModelInfo
+    images: int
+    failures: int
+    compared: int = Field(description="Images this model and the primary both classified (status done).")
+    top1_agreement: float | None = Field(
+        description="Share of the compared images whose top label is the primary's (null: none compared; the "
+        "primary's own is 1 by definition and reported null)."
+    )
+    inference_ms: Percentiles = Field(description="The model call of the image's batch.")
+    round_trip_ms: Percentiles = Field(
+        description="From the API's receipt of the upload to this result stored."
+    )
+
+
+class ModelsResponse(BaseModel):
+    """How each model does on live traffic: the newest `window` results of each role."""
+
+    window: int
+    models: list[ModelReport]
 
 
 class PendingResponse(BaseModel):

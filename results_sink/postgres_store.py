@@ -29,6 +29,12 @@ CREATE TABLE IF NOT EXISTS results (
     event JSONB NOT NULL,
     stored_at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shadow_results (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id TEXT NOT NULL UNIQUE,
+    event JSONB NOT NULL,
+    stored_at DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS feedback (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     source TEXT NOT NULL,
@@ -126,19 +132,58 @@ class PostgresResultStore:
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(new[-1].seq)))
         return new
 
+    def write_shadow_batch(self, events: Sequence[PredictionEvent]) -> list[StoredResult]:
+        """A shadow model's results, in a table of their own (no seq order needed: no stream follows them)."""
+        stored_at = time.time()
+        new: list[StoredResult] = []
+        with self._connection("write") as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO shadow_results (job_id, event, stored_at) VALUES (%s, %s::jsonb, %s) "
+                "ON CONFLICT (job_id) DO NOTHING RETURNING seq",
+                [(e.job_id, e.model_dump_json(), stored_at) for e in events],
+                returning=True,
+            )
+            for event in events:
+                row = cur.fetchone()
+                if row is not None:
+                    new.append(StoredResult(row[0], event.job_id, event, stored_at))
+                cur.nextset()
+        return new
+
     def get(self, job_id: str) -> StoredResult | None:
         """The stored result of one job, if any."""
-        with self._connection("read") as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM results WHERE job_id = %s", (job_id,)).fetchone()  # noqa: S608 - constant columns
-        return _result(row) if row is not None else None
+        found = self._of("results", [job_id], 0)
+        return found[0] if found else None
+
+    def get_shadow(self, job_id: str) -> StoredResult | None:
+        """The shadow model's stored result of one job, if any."""
+        found = self._of("shadow_results", [job_id], 0)
+        return found[0] if found else None
 
     def results_after(self, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
         """Stored results of these jobs with `seq > after_seq`, in seq order."""
+        return self._of("results", job_ids, after_seq)
+
+    def shadows_of(self, job_ids: Sequence[str]) -> list[StoredResult]:
+        """The shadow model's stored results of these jobs, in seq order."""
+        return self._of("shadow_results", job_ids, 0)
+
+    def recent(self, limit: int, *, shadow: bool = False) -> list[StoredResult]:
+        """The newest `limit` results (the shadow model's with `shadow`), newest first."""
+        table = "shadow_results" if shadow else "results"
+        with self._connection("read") as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM {table} ORDER BY seq DESC LIMIT %s",  # noqa: S608 - our table names
+                (limit,),
+            ).fetchall()
+        return [_result(row) for row in rows]
+
+    def _of(self, table: str, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
         if not job_ids:
             return []
         with self._connection("read") as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM results WHERE seq > %s AND job_id = ANY(%s) ORDER BY seq",  # noqa: S608 - constant columns
+                f"SELECT {_COLUMNS} FROM {table} WHERE seq > %s AND job_id = ANY(%s) ORDER BY seq",  # noqa: S608 - our table names and constant columns
                 (after_seq, list(dict.fromkeys(job_ids))),
             ).fetchall()
         return [_result(row) for row in rows]
@@ -178,7 +223,11 @@ class PostgresResultStore:
         """Delete what was stored before these times, in one transaction (any replica may run it)."""
         counts = []
         with self._connection("write") as conn:
-            for table, before in (("results", results_before), ("feedback", feedback_before)):
+            for table, before in (
+                ("results", results_before),
+                ("feedback", feedback_before),
+                ("shadow_results", results_before),
+            ):
                 if before is None:
                     counts.append(0)
                     continue

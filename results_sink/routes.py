@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -12,11 +14,20 @@ from starlette.responses import Response
 from pipeline_core.jobs import is_issued_job_id
 from pipeline_core.web import RETRY_AFTER_DOC, api_key_guard, key_refusals
 from results_sink.capacity import StreamSlots, client_key
+from results_sink.comparison import models_report
 from results_sink.deps import ConsumerDep, HubDep, LastEventIdDep, SettingsDep, StoreDep
-from results_sink.models import ErrorResponse, HealthResponse, PendingResponse, ReadyResponse, ResultResponse
+from results_sink.models import (
+    ErrorResponse,
+    HealthResponse,
+    ModelsResponse,
+    PendingResponse,
+    ReadyResponse,
+    ResultResponse,
+)
 from results_sink.settings import SinkSettings
 from results_sink.streams import StreamRequest, stream_response
 
+MODELS_REPORT_TTL_S = 1.0
 _NOT_ISSUED: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Not a job id this system's API issued"}
 }
@@ -104,8 +115,23 @@ def create_router(settings: SinkSettings) -> APIRouter:
         _check_issued([job_id], s)
         stored = store.get(job_id)
         if stored is not None:
-            return ResultResponse.from_stored(stored)
+            return ResultResponse.from_stored(stored, store.get_shadow(job_id))
         return JSONResponse(PendingResponse(id=job_id).model_dump(), status_code=202)
+
+    report_lock = threading.Lock()
+    report: list[tuple[float, ModelsResponse]] = []
+
+    @router.get(
+        "/models", response_model=ModelsResponse, dependencies=header_key, responses=key_refusals(settings)
+    )
+    def get_models(store: StoreDep) -> ModelsResponse:
+        """Each model on live traffic (the primary, and a shadow model when one runs): images, failures, top-1
+        agreement with the primary, inference and round-trip latency, over the newest results of each."""
+        # Read at most once a second however often it is asked: two queries of a thousand rows each.
+        with report_lock:
+            if not report or time.monotonic() - report[0][0] > MODELS_REPORT_TTL_S:
+                report[:] = [(time.monotonic(), models_report(store))]
+            return report[0][1]
 
     @router.get(
         "/results/{job_id}/events",

@@ -23,6 +23,12 @@ CREATE TABLE IF NOT EXISTS results (
     json TEXT NOT NULL,
     stored_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shadow_results (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    json TEXT NOT NULL,
+    stored_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     source TEXT NOT NULL,
@@ -115,12 +121,47 @@ class SqliteResultStore:
 
     def write_batch(self, events: Sequence[PredictionEvent]) -> list[StoredResult]:
         """Insert each event unless its job is stored already; return the new ones, in seq order."""
+        return self._write("results", events)
+
+    def write_shadow_batch(self, events: Sequence[PredictionEvent]) -> list[StoredResult]:
+        """The same for a shadow model's results, in a table of their own."""
+        return self._write("shadow_results", events)
+
+    def get(self, job_id: str) -> StoredResult | None:
+        """The stored result of one job, if any."""
+        found = self._of("results", [job_id], 0)
+        return found[0] if found else None
+
+    def get_shadow(self, job_id: str) -> StoredResult | None:
+        """The shadow model's stored result of one job, if any."""
+        found = self._of("shadow_results", [job_id], 0)
+        return found[0] if found else None
+
+    def results_after(self, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
+        """Stored results of these jobs with `seq > after_seq`, in seq order."""
+        return self._of("results", job_ids, after_seq)
+
+    def shadows_of(self, job_ids: Sequence[str]) -> list[StoredResult]:
+        """The shadow model's stored results of these jobs, in seq order."""
+        return self._of("shadow_results", job_ids, 0)
+
+    def recent(self, limit: int, *, shadow: bool = False) -> list[StoredResult]:
+        """The newest `limit` results (the shadow model's with `shadow`), newest first."""
+        table = "shadow_results" if shadow else "results"
+        with self._reading() as conn:
+            rows = conn.execute(
+                f"SELECT seq, job_id, json, stored_at FROM {table} ORDER BY seq DESC LIMIT ?",  # noqa: S608 - our table names
+                (limit,),
+            ).fetchall()
+        return [_result(row) for row in rows]
+
+    def _write(self, table: str, events: Sequence[PredictionEvent]) -> list[StoredResult]:
         stored_at = time.time()
         new: list[StoredResult] = []
         with self._transaction() as conn:
             for event in events:
                 row = conn.execute(
-                    "INSERT INTO results (job_id, json, stored_at) VALUES (?, ?, ?) "
+                    f"INSERT INTO {table} (job_id, json, stored_at) VALUES (?, ?, ?) "  # noqa: S608 - our table names
                     "ON CONFLICT (job_id) DO NOTHING RETURNING seq",
                     (event.job_id, event.model_dump_json(), stored_at),
                 ).fetchone()
@@ -128,16 +169,7 @@ class SqliteResultStore:
                     new.append(StoredResult(row[0], event.job_id, event, stored_at))
         return new
 
-    def get(self, job_id: str) -> StoredResult | None:
-        """The stored result of one job, if any."""
-        with self._reading() as conn:
-            row = conn.execute(
-                "SELECT seq, job_id, json, stored_at FROM results WHERE job_id = ?", (job_id,)
-            ).fetchone()
-        return _result(row) if row is not None else None
-
-    def results_after(self, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
-        """Stored results of these jobs with `seq > after_seq`, in seq order."""
+    def _of(self, table: str, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
         rows: list[tuple[int, str, str, float]] = []
         ids = list(dict.fromkeys(job_ids))
         with self._reading() as conn:
@@ -145,7 +177,7 @@ class SqliteResultStore:
                 chunk = ids[start : start + _MAX_PARAMS]
                 marks = ",".join("?" * len(chunk))
                 rows += conn.execute(
-                    f"SELECT seq, job_id, json, stored_at FROM results WHERE seq > ? AND job_id IN ({marks})",  # noqa: S608 - only placeholders are interpolated
+                    f"SELECT seq, job_id, json, stored_at FROM {table} WHERE seq > ? AND job_id IN ({marks})",  # noqa: S608 - only our table name and placeholders are interpolated
                     (after_seq, *chunk),
                 ).fetchall()
         return sorted((_result(row) for row in rows), key=lambda r: r.seq)
@@ -169,6 +201,7 @@ class SqliteResultStore:
         """Delete what was stored before these times, in one transaction."""
         with self._transaction() as conn:
             results = _delete_before(conn, "results", results_before)
+            _delete_before(conn, "shadow_results", results_before)
             feedback = _delete_before(conn, "feedback", feedback_before)
         return results, feedback
 

@@ -52,6 +52,22 @@ class ResultStore(Protocol):
         """Stored results of these jobs with `seq > after_seq`, in seq order."""
         ...
 
+    def write_shadow_batch(self, events: Sequence[PredictionEvent]) -> list[StoredResult]:
+        """Store a shadow model's results apart from the primary's (first per job wins); return the new ones."""
+        ...
+
+    def get_shadow(self, job_id: str) -> StoredResult | None:
+        """The shadow model's stored result of one job, if any."""
+        ...
+
+    def shadows_of(self, job_ids: Sequence[str]) -> list[StoredResult]:
+        """The shadow model's stored results of these jobs, in seq order."""
+        ...
+
+    def recent(self, limit: int, *, shadow: bool = False) -> list[StoredResult]:
+        """The newest `limit` results (the shadow model's with `shadow`), newest first: the comparison's window."""
+        ...
+
     def add_feedback(self, batch: Sequence[Record[FeedbackEvent]]) -> int:
         """Store reports in one transaction, once per Kafka record; return how many are new."""
         ...

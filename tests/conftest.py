@@ -129,7 +129,10 @@ def pipeline_settings(kafka_bootstrap: str) -> PipelineSettings:
         topic_predictions=unique("predictions"),
         topic_dead_letter=unique("dead-letter"),
         topic_feedback=unique("feedback"),
+        topic_predictions_shadow=unique("predictions-shadow"),
+        topic_dead_letter_shadow=unique("dead-letter-shadow"),
         consumer_group_inference=unique("inference"),
+        consumer_group_shadow=unique("inference-shadow"),
         consumer_group_sink=unique("sink"),
         topic_partitions=6,
         _env_file=None,  # type: ignore[call-arg]
@@ -186,7 +189,9 @@ class SystemFactory:
         self.log_dir = log_dir
         self.started: list[object] = []
 
-    def __call__(self, consumers: int = 2, bootstrap: str | None = None, **env: str) -> System:
+    def __call__(
+        self, consumers: int = 2, bootstrap: str | None = None, shadow_model: str | None = None, **env: str
+    ) -> System:
         from kafka_local import free_port
         from launcher.system import System, isolated_env
 
@@ -204,6 +209,7 @@ class SystemFactory:
             consumers,
             env=isolation | env,
             out=log,
+            shadow_model=shadow_model,
         )
         self.started.append((system, log))
         system.start()

@@ -139,12 +139,16 @@ def check_published_schema(value: bytes | None, headers: Iterable[tuple[str, byt
 
 
 def predictions_on_topic(
-    settings: PipelineSettings, expected: set[str], timeout_s: float = 240, settle_s: float = 2.0
+    settings: PipelineSettings,
+    expected: set[str],
+    timeout_s: float = 240,
+    settle_s: float = 2.0,
+    topic: str | None = None,
 ) -> Counter[str]:
     """How many times each job's prediction is on the predictions topic, read as a downstream consumer reads
     it (`read_committed`, from the beginning, no group), each record checked against its published JSON Schema.
     Reads until every expected job is there and nothing new came for `settle_s` (so a late duplicate is
-    counted too), or until `timeout_s`."""
+    counted too), or until `timeout_s`. `topic`: another predictions topic (a shadow model's)."""
     from kafka import TopicPartition
 
     from pipeline_core.clients import create_consumer
@@ -153,10 +157,8 @@ def predictions_on_topic(
     consumer = create_consumer(settings, "tests-reader", group_id=None, isolation_level="read_committed")
     counts: Counter[str] = Counter()
     try:
-        partitions = [
-            TopicPartition(settings.topic_predictions, p)
-            for p in sorted(consumer.partitions_for_topic(settings.topic_predictions) or ())
-        ]
+        topic = topic or settings.topic_predictions
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         consumer.seek_to_beginning()
         deadline = time.monotonic() + timeout_s

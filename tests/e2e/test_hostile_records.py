@@ -231,12 +231,23 @@ def test_hostile_records_on_the_predictions_and_feedback_topics_never_stop_the_s
         (b"k", b"x" * 900_000, [("schema", b"prediction/1"), ("x", None)]),
         (b"k", nul.encode(), [("schema", b"prediction/1")]),
     ]
-    for topic in (s.topic_predictions, s.topic_feedback):
+    shadow = PredictionEvent(
+        job_id=job, status="done", label="cup", score=0.4, model_name="m" * 100_000
+    ).model_dump_json()
+    for topic in (s.topic_predictions, s.topic_feedback, s.topic_predictions_shadow):
         write_raw(s, topic, fixed + extra)
     write_raw(s, s.topic_predictions, [(job.encode(), good.encode(), [("schema", b"prediction/1")])])
+    write_raw(s, s.topic_predictions_shadow, [(job.encode(), shadow.encode(), [("schema", b"prediction/1")])])
     with httpx.Client(timeout=30) as client:
         result = wait_by_polling(client, f"{running_system.sink_url}/v1/results/{job}")
         assert result["status"] == "done", "the readable result after the hostile records is stored"
+        deadline = time.monotonic() + 60
+        while result["shadow"] is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            result = client.get(f"{running_system.sink_url}/v1/results/{job}").json()
+        assert result["label"] == "espresso", "a shadow's answer never replaces the primary's"
+        assert result["shadow"] is not None and result["shadow"]["label"] == "cup"  # type: ignore[index]
+        assert client.get(f"{running_system.sink_url}/v1/models").status_code == 200
         assert client.get(f"{running_system.sink_url}/healthz").status_code == 200
     classified_after(running_system, coffee)
 

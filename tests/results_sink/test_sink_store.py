@@ -137,3 +137,23 @@ def test_open_store_by_url(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path}/by-url.db")
     store.close()
     assert (tmp_path / "by-url.db").exists()
+
+
+def test_a_shadow_models_results_are_kept_apart_from_the_primarys(store: SqliteResultStore) -> None:
+    store.write_batch([prediction("a")])
+    new = store.write_shadow_batch([prediction("a", label="tiger_cat"), prediction("b"), prediction("a")])
+    assert [r.job_id for r in new] == ["a", "b"], "one shadow result per job, the first"
+    assert store.write_shadow_batch([prediction("b", label="lynx")]) == []
+
+    stored_a, shadow_a = store.get("a"), store.get_shadow("a")
+    assert stored_a is not None and shadow_a is not None
+    assert (stored_a.event.label, shadow_a.event.label) == ("tabby", "tiger_cat")
+    assert store.get("b") is None, "a shadow's answer is never the job's result"
+    assert store.results_after(["a", "b"], 0) == [stored_a]
+    assert [r.job_id for r in store.shadows_of(["b", "a", "missing"])] == ["a", "b"]
+    assert [r.job_id for r in store.recent(10, shadow=True)] == ["b", "a"], "newest first"
+    assert [r.job_id for r in store.recent(1, shadow=True)] == ["b"]
+    assert [r.job_id for r in store.recent(10)] == ["a"]
+
+    assert store.purge(time.time() + 1, None) == (1, 0)
+    assert store.get_shadow("a") is None and store.recent(10, shadow=True) == [], "purged with the results"

@@ -23,7 +23,10 @@ def test_the_inference_transactional_ids_are_under_the_granted_prefix() -> None:
     grants = [g for g in service_grants(s)["inference"] if g.resource == ResourceType.TRANSACTIONAL_ID]
     assert {g.operation for g in grants} == {ACLOperation.WRITE, ACLOperation.DESCRIBE}
     assert all(g.prefixed for g in grants)
-    assert transactional_id(s, s.consumer_group_inference).startswith(grants[0].name)
+    for group in (s.consumer_group_inference, s.consumer_group_shadow):
+        tid = transactional_id(s, group)
+        for operation in (ACLOperation.WRITE, ACLOperation.DESCRIBE):
+            assert any(tid.startswith(g.name) for g in grants if g.operation == operation), (group, operation)
 
 
 def test_each_service_reads_and_writes_only_its_own_topics() -> None:
@@ -38,8 +41,17 @@ def test_each_service_reads_and_writes_only_its_own_topics() -> None:
     assert named("api", ACLOperation.WRITE) == {s.topic_images, s.topic_feedback}
     assert named("api", ACLOperation.READ) == set()
     assert named("inference", ACLOperation.READ) == {s.topic_images}
-    assert named("inference", ACLOperation.WRITE) == {s.topic_predictions, s.topic_dead_letter}
-    assert named("sink", ACLOperation.READ) == {s.topic_predictions, s.topic_feedback}
+    assert named("inference", ACLOperation.WRITE) == {
+        s.topic_predictions,
+        s.topic_dead_letter,
+        s.topic_predictions_shadow,
+        s.topic_dead_letter_shadow,
+    }
+    assert named("sink", ACLOperation.READ) == {
+        s.topic_predictions,
+        s.topic_predictions_shadow,
+        s.topic_feedback,
+    }
     assert named("sink", ACLOperation.WRITE) == {s.topic_dead_letter}
     for service in grants:
         assert not any(g.operation == ACLOperation.CREATE for g in grants[service]), service

@@ -1,0 +1,129 @@
+"""A shadow model on live traffic, as `SHADOW_MODEL_NAME=efficientnet-lite1 make run` starts it: a consumer group of
+its own on the same images, its answers stored beside the primary's and compared, never sent to a client, and
+never in the way of the primary's results."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from support import lost_and_duplicated, predictions_on_topic, stream_results, system_settings, upload
+
+from launcher.system import System
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+SHADOW = "efficientnet-lite1"
+
+
+@pytest.fixture(scope="module")
+def shadowed_system(system_factory) -> System:  # type: ignore[no-untyped-def]
+    return system_factory(consumers=1, shadow_model=SHADOW)  # type: ignore[no-any-return]
+
+
+def upload_photos(system: System, photos: dict[str, bytes], rounds: int) -> list[str]:
+    with httpx.Client(base_url=system.api_url, timeout=60) as client:
+        files = {f"{name}-{n}.jpg": data for n in range(rounds) for name, data in photos.items()}
+        return [job["id"] for job in upload(client, files)]
+
+
+def results_with_shadow(system: System, ids: list[str], timeout_s: float = 300) -> dict[str, dict[str, object]]:
+    """Each job's `GET /v1/results/{id}` once its shadow answer is in too."""
+    results: dict[str, dict[str, object]] = {}
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=system.sink_url, timeout=30) as client:
+        while len(results) < len(ids) and time.monotonic() < deadline:
+            for job in set(ids) - set(results):
+                body = client.get(f"/v1/results/{job}").json()
+                if body.get("shadow") is not None:
+                    results[job] = body
+            time.sleep(0.5)
+    missing = set(ids) - set(results)
+    assert not missing, f"{len(missing)} of {len(ids)} jobs have no shadow answer after {timeout_s:.0f} s"
+    return results
+
+
+def metric(system: System, name: str, **labels: str) -> float:
+    """A sample of the sink's /metrics (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(system.metrics_urls["sink"], timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def test_the_shadow_answers_every_image_beside_the_primary_and_is_compared(
+    shadowed_system: System, photos: dict[str, bytes], expected_labels: dict[str, set[str]]
+) -> None:
+    system = shadowed_system
+    ids = upload_photos(system, photos, rounds=3)
+
+    # Clients that follow SSE get the primary's answers, with no shadow in them.
+    streamed = dict(stream_results(system.sink_url, ids))
+    assert len(streamed) == len(ids)
+    assert {r["model"]["name"] for r in streamed.values()} == {"efficientnet-lite0"}  # type: ignore[index]
+    assert all(r["shadow"] is None for r in streamed.values())
+
+    results = results_with_shadow(system, ids)
+    for job, result in results.items():
+        shadow = result["shadow"]
+        assert result["model"]["name"] == "efficientnet-lite0", job  # type: ignore[index]
+        assert shadow["model"]["name"] == SHADOW and shadow["model"]["version"], job  # type: ignore[index]
+        assert shadow["status"] == "done" and len(shadow["top"]) == 5, job  # type: ignore[index]
+        assert shadow["label"] == shadow["top"][0]["label"], job  # type: ignore[index]
+    coffee = [r for r in results.values() if str(r["filename"]).startswith("coffee")]
+    assert coffee and all(r["shadow"]["label"] in expected_labels["coffee"] for r in coffee)  # type: ignore[index]
+
+    # On the topics downstream consumers read: each job once on the primary's, once on the shadow's.
+    s = system_settings(system)
+    assert lost_and_duplicated(predictions_on_topic(s, set(ids)), set(ids)) == (0, 0)
+    shadow_topic = predictions_on_topic(s, set(ids), topic=s.topic_predictions_shadow)
+    assert lost_and_duplicated(shadow_topic, set(ids)) == (0, 0)
+
+    agreed = sum(r["label"] == r["shadow"]["label"] for r in results.values())  # type: ignore[index]
+    report = httpx.get(f"{system.sink_url}/v1/models", timeout=10).json()
+    by_role = {m["role"]: m for m in report["models"]}
+    assert set(by_role) == {"primary", "shadow"}, report
+    primary, candidate = by_role["primary"], by_role["shadow"]
+    assert primary["model"]["name"] == "efficientnet-lite0" and candidate["model"]["name"] == SHADOW
+    assert primary["images"] >= len(ids) and candidate["images"] >= len(ids)
+    assert candidate["compared"] >= len(ids) and candidate["failures"] == 0
+    assert candidate["compared"] == candidate["images"]
+    if candidate["images"] == len(ids):  # this test's jobs alone: the agreement is theirs
+        assert candidate["top1_agreement"] == pytest.approx(agreed / len(ids))
+    for m in (primary, candidate):
+        assert 0 < m["inference_ms"]["p50"] <= m["inference_ms"]["p99"]
+        assert m["inference_ms"]["p99"] < m["round_trip_ms"]["p99"]
+
+    compared = metric(system, "sink_model_compared_total", model=SHADOW)
+    assert compared >= len(ids)
+    assert metric(system, "sink_model_compared_total", model=SHADOW, outcome="agree") >= agreed
+    assert metric(system, "sink_model_results_total", role="shadow", model=SHADOW, status="done") >= len(ids)
+
+
+def test_a_stopped_shadow_delays_no_primary_result_and_catches_up_when_back(
+    shadowed_system: System, photos: dict[str, bytes]
+) -> None:
+    system = shadowed_system
+    shadow = system.services["shadow-1"]
+    shadow.terminate()
+    assert shadow.wait(30) == 0, "the shadow drains and stops"
+    try:
+        ids = upload_photos(system, photos, rounds=2)
+        streamed = dict(stream_results(system.sink_url, ids, timeout_s=120))
+        assert len(streamed) == len(ids), "every primary result, with the shadow down"
+        with httpx.Client(base_url=system.sink_url, timeout=30) as client:
+            assert all(client.get(f"/v1/results/{job}").json()["shadow"] is None for job in ids)
+    finally:
+        system.start_service("shadow-1")
+    # From its group's committed offsets: the images it missed, each once.
+    results_with_shadow(system, ids)
+    s = system_settings(system)
+    counts = predictions_on_topic(s, set(ids), topic=s.topic_predictions_shadow)
+    assert lost_and_duplicated(counts, set(ids)) == (0, 0)
+    system.check_alive()
