@@ -28,7 +28,9 @@ def upload_photos(system: System, photos: dict[str, bytes], rounds: int) -> list
         return [job["id"] for job in upload(client, files)]
 
 
-def results_with_shadow(system: System, ids: list[str], timeout_s: float = 300) -> dict[str, dict[str, object]]:
+def results_with_shadow(
+    system: System, ids: list[str], timeout_s: float = 300
+) -> dict[str, dict[str, object]]:
     """Each job's `GET /v1/results/{id}` once its shadow answer is in too."""
     results: dict[str, dict[str, object]] = {}
     deadline = time.monotonic() + timeout_s

@@ -13,7 +13,9 @@ from results_sink.store import StoredResult
 
 def stored(seq: int, event: PredictionEvent, **changes: object) -> StoredResult:
     event = event.model_copy(update=changes)
-    return StoredResult(seq, event.job_id, event, (event.timings.received_at if event.timings else 0) + seq / 10)
+    return StoredResult(
+        seq, event.job_id, event, (event.timings.received_at if event.timings else 0) + seq / 10
+    )
 
 
 def failed(job_id: str, model: str = "efficientnet-lite0") -> PredictionEvent:
@@ -51,7 +53,9 @@ def test_agreement_is_counted_on_the_images_both_models_classified() -> None:
     p, s = by_role["primary"], by_role["shadow"]
     assert (p.images, p.failures, p.compared, p.top1_agreement) == (4, 1, 0, None)
     assert s.model.name == "efficientnet-lite1"
-    assert (s.images, s.failures, s.compared) == (4, 1, 2), "a and b; c failed at the primary, e has no primary"
+    assert (s.images, s.failures, s.compared) == (4, 1, 2), (
+        "a and b; c failed at the primary, e has no primary"
+    )
     assert s.top1_agreement == 0.5
     assert p.inference_ms.p50 == 12.5 and p.round_trip_ms.p50 is not None and p.round_trip_ms.p50 > 200
 
@@ -63,7 +67,10 @@ def test_each_model_of_a_role_gets_its_own_report() -> None:
         stored(2, prediction("b"), model_name="efficientnet-lite1", model_version="2"),
     ]
     reports = compare(primary, [], [])
-    assert sorted((r.model.name, r.images) for r in reports) == [("efficientnet-lite0", 1), ("efficientnet-lite1", 1)]
+    assert sorted((r.model.name, r.images) for r in reports) == [
+        ("efficientnet-lite0", 1),
+        ("efficientnet-lite1", 1),
+    ]
 
 
 def test_the_metrics_count_each_pair_once_and_bound_the_model_labels() -> None:

@@ -13,8 +13,8 @@ from sink_helpers import prediction
 
 # The same behavioural tests as the SQLite store's, run here against PostgreSQL through this module's `store`.
 from test_sink_store import (
-    test_a_shadow_models_results_are_kept_apart_from_the_primarys,  # noqa: F401
     test_a_job_is_stored_once_however_often_it_is_written,  # noqa: F401
+    test_a_shadow_models_results_are_kept_apart_from_the_primarys,  # noqa: F401
     test_feedback_is_stored_once_per_record,  # noqa: F401
     test_purge_deletes_only_what_was_stored_before_the_cut,  # noqa: F401
     test_reads_from_many_threads_while_one_writes,  # noqa: F401
