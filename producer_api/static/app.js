@@ -14,6 +14,8 @@ const submit = document.getElementById("submit");
 const statusLine = document.getElementById("status");
 const results = document.getElementById("results");
 const template = document.getElementById("card-template");
+const modelsPanel = document.getElementById("models");
+const MODELS_REFRESH_MS = 2000; // the comparison is read again at most this often while results come in
 
 const tally = { total: 0, done: 0, failed: 0, refused: 0 };
 let uploads = Promise.resolve(); // batches go one after another, even across several choices
@@ -236,6 +238,47 @@ function show(item, result) {
   for (const guess of (result.top || []).slice(0, 5)) top.append(topItem(guess));
   top.hidden = !top.children.length;
   offerFeedback(item, result);
+  refreshModels(item.job.result_url.split("/v1/results/")[0]);
+}
+
+// ---- the models panel: how each model does on live traffic (the primary, and a shadow model if one runs) ----
+
+let modelsTimer = null;
+
+function refreshModels(base) {
+  if (modelsTimer) return;
+  modelsTimer = setTimeout(async () => {
+    modelsTimer = null;
+    try {
+      const response = await fetch(`${base}/v1/models`, { headers: authHeaders() });
+      if (response.ok) showModels(await response.json());
+    } catch {
+      // the panel keeps its last figures; the next result tries again
+    }
+  }, MODELS_REFRESH_MS);
+}
+
+function showModels(report) {
+  const rows = (report.models || []).map((m) => {
+    const tr = document.createElement("tr");
+    const cells = [
+      m.role,
+      [m.model.name, m.model.version && `(${m.model.version.slice(0, 12)})`].filter(Boolean).join(" "),
+      String(m.images),
+      String(m.failures),
+      m.top1_agreement === null ? "–" : `${percent(m.top1_agreement)} of ${m.compared}`,
+      `${ms(m.inference_ms.p50)} / ${ms(m.inference_ms.p99)}`,
+      `${ms(m.round_trip_ms.p50)} / ${ms(m.round_trip_ms.p99)}`,
+    ];
+    for (const text of cells) tr.append(Object.assign(document.createElement("td"), { textContent: text }));
+    return tr;
+  });
+  modelsPanel.querySelector("tbody").replaceChildren(...rows);
+  modelsPanel.hidden = !rows.length;
+}
+
+function ms(value) {
+  return value === null || value === undefined ? "–" : `${Math.round(value)} ms`;
 }
 
 function topItem(guess) {

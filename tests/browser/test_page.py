@@ -118,6 +118,17 @@ def test_page_classifies_chosen_photos_live_refuses_a_non_image_and_takes_feedba
     assert refused.get_attribute("data-status") == "refused"
     assert reason in refused.find_element(By.CLASS_NAME, "state").text, (reason, refused.text)
 
+    # The models panel: how each model does on live traffic, from the sink's GET /v1/models.
+    panel = browser.find_element(By.ID, "models")
+    WebDriverWait(browser, 30).until(lambda _: panel.is_displayed())
+    rows = [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in panel.find_elements(By.CSS_SELECTOR, "tbody tr")
+    ]
+    primary = [row for row in rows if row[0] == "primary"]
+    assert primary and primary[0][1].startswith("efficientnet-lite0"), rows
+    assert int(primary[0][2]) >= 2 and primary[0][5].endswith("ms"), rows
+
     send_feedback(browser, cards["chelsea.jpg"], "a lynx, surely")
     sources = browser.execute_script("return window.__sources.map((s) => [s.url, s.readyState])")
     assert sources, "the page follows the results by EventSource"
