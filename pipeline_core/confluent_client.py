@@ -302,14 +302,7 @@ class ConfluentConsumer:
         if messages:
             self._errors.succeeded()
         if self._revoked_in_poll:
-            # The rebalance callbacks run inside poll and consume: a message taken by the first call may be of a
-            # partition the second revoked. It is no longer this member's (the runtime holds nothing of revoked
-            # partitions); its new owner reads it from the committed offset.
-            messages = [
-                m
-                for m in messages
-                if TopicPartition(m.topic() or "", m.partition() or 0) not in self._revoked_in_poll
-            ]
+            messages = self._drop_revoked(messages)
         records: list[RawRecord] = []
         for n, m in enumerate(messages):
             try:
@@ -328,6 +321,35 @@ class ConfluentConsumer:
             # A partition-level event (a leader moving, a topic not yet known): librdkafka goes on by itself.
             logger.debug("%s", translated)
         return records
+
+    def _drop_revoked(self, messages: list[Message]) -> list[Message]:
+        """The messages of partitions that no revocation during this poll touched.
+
+        The rebalance callbacks run inside poll and consume: a message taken by the first call may be of a
+        partition the second revoked. It is no longer this member's (the runtime holds nothing of revoked
+        partitions); its new owner reads it from the committed offset. But an eager rebalance revokes every
+        partition and may assign one straight back, within the same poll: then the dropped messages may be ones
+        fetched for the new assignment, and librdkafka's position is past them. That partition is sought back to
+        the first message dropped, or those records would be skipped, and committed past, unprocessed (seen
+        under a promotion: a record that arrived just after such a rebalance had no prediction).
+        """
+        kept: list[Message] = []
+        dropped: dict[TopicPartition, int] = {}
+        for m in messages:
+            tp = TopicPartition(m.topic() or "", m.partition() or 0)
+            if tp not in self._revoked_in_poll:
+                kept.append(m)
+            elif m.error() is None and (m.offset() or 0) >= 0:
+                dropped[tp] = min(dropped.get(tp, m.offset() or 0), m.offset() or 0)
+        if dropped:
+            owned = _ours(self._consumer.assignment())
+            for tp, offset in dropped.items():
+                if tp in owned:
+                    logger.info(
+                        "%s[%d]: assigned again within one poll; reading it again from %d", *tp, offset
+                    )
+                    self.seek(tp, offset)
+        return kept
 
     def _rewind(self, records: list[RawRecord], messages: Sequence[Message]) -> None:
         unread: list[RawRecord] = [
