@@ -17,7 +17,7 @@ AUDIT_ARGS ?=
 TYPED := pipeline_core kafka_local producer_api results_sink inference_consumer classify_cli launcher \
 	docker_local benchmarks/capacity.py benchmarks/store_bench.py
 
-.PHONY: help run docker-up docker-down test test-fast check audit lock bench bench-guarantees bench-store capacity lint typecheck jars clean
+.PHONY: help run promote docker-up docker-down test test-fast check audit lock bench bench-guarantees bench-store capacity lint typecheck jars clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ run: $(STAMP)  ## run the whole system: local broker, API :8000, consumers, sink
 	@scripts/ensure-system-packages.sh run
 	@$(MAKE) --no-print-directory jars
 	$(PY) -m launcher
+
+promote:  ## under `SHADOW_MODEL_NAME=... make run`: make the shadow model the primary, nothing lost (docs/operations.md)
+	@kill -USR1 $$(cat $${DATA_DIR:-var}/launcher.pid) && echo "promotion asked for; the make run log shows each step"
 
 docker-up: $(STAMP) jars  ## the system in Docker: build what is missing (no registry needed), start, wait until healthy
 	@scripts/ensure-system-packages.sh docker

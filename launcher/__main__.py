@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -25,9 +26,10 @@ def main() -> int:
     settings = load_settings(LauncherSettings, "launcher")
     if settings is None:
         return 2
-    stop = threading.Event()
+    stop, promote = threading.Event(), threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: promote.set())
     started = time.monotonic()
     data_dir = settings.data_dir.resolve()
     try:
@@ -55,8 +57,10 @@ def main() -> int:
                 shadow_model=settings.shadow_model_name,
                 shadow_consumers=settings.shadow_consumers,
             )
+            pid_file = data_dir / "launcher.pid"
+            pid_file.write_text(f"{os.getpid()}\n")  # `make promote` signals this process
             try:
-                return _supervise(system, stop, started)
+                return _supervise(system, stop, promote, started)
             finally:
                 logger.info(
                     "stopping: the API first (no new uploads), then the consumers, the sink, the broker"
@@ -80,7 +84,7 @@ def cluster_env(
     return local.client_env(ADMIN), services
 
 
-def _supervise(system: System, stop: threading.Event, started: float) -> int:
+def _supervise(system: System, stop: threading.Event, promote: threading.Event, started: float) -> int:
     try:
         system.start()
         state = "ready"
@@ -97,8 +101,23 @@ def _supervise(system: System, stop: threading.Event, started: float) -> int:
         system.api_port,
         system.sink_port,
     )
+    if system.shadow_model:
+        logger.info(
+            "shadow model %s: compare at http://localhost:%d/v1/models; `make promote` (SIGUSR1 to pid %d) makes "
+            "it the primary",
+            system.shadow_model,
+            system.sink_port,
+            os.getpid(),
+        )
     supervisor = Supervisor(system)
     while not stop.wait(0.5):
+        if promote.is_set():
+            promote.clear()
+            # In this loop, so that the supervisor never restarts a consumer the promotion stopped.
+            try:
+                system.promote()
+            except PipelineError as e:
+                logger.error("cannot promote: %s", e)
         supervisor.check()
     if supervisor.given_up:
         logger.error(

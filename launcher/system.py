@@ -68,6 +68,8 @@ class System:
     # A shadow model (docs/model.md, rollout): its consumers run this model as INFERENCE_ROLE=shadow.
     shadow_model: str | None = None
     shadow_consumers: int = 1
+    # After `promote()`: the model the primary's consumers run instead of the environment's MODEL_NAME.
+    primary_model: str | None = None
     services: dict[str, Service] = field(default_factory=dict, init=False)
     consumer_metrics_ports: dict[str, int] = field(default_factory=dict, init=False)
     _env: dict[str, str] = field(default_factory=dict, init=False, repr=False)
@@ -167,6 +169,8 @@ class System:
             env = env | {"METRICS_PORT": str(port), "CONSUMER_INSTANCE_ID": name}
             if name.startswith("shadow-") and self.shadow_model:
                 env = env | {"INFERENCE_ROLE": "shadow", "MODEL_NAME": self.shadow_model}
+            elif self.primary_model:
+                env = env | {"MODEL_NAME": self.primary_model}
         role = {"producer_api": "api", "results_sink": "sink"}.get(module, "inference")
         env = env | dict(self.role_env.get(role, {}))
         service = Service(name, [sys.executable, "-m", module], env, colour=colour)
@@ -180,6 +184,10 @@ class System:
         for url in (f"{self.sink_url}/readyz", f"{self.api_url}/readyz"):
             while not _answers_200(url):
                 self._wait_a_little(deadline, f"{url} not ready within {timeout_s:.0f} s")
+        self._wait_for_consumers(deadline, timeout_s)
+
+    def _wait_for_consumers(self, deadline: float, timeout_s: float) -> None:
+        """Until every running primary consumer holds partitions of a stable group."""
         consumers = sum(1 for name, s in self.services.items() if name.startswith("inference-") and s.running)
         if consumers:
             admin = create_admin(self.settings(), "launcher")  # the broker answered the sink and the API
@@ -193,6 +201,52 @@ class System:
                     )
             finally:
                 admin.close()
+
+    def promote(self, timeout_s: float = 300) -> dict[int, int]:
+        """Make the shadow model the primary, with no image lost or answered twice and the API serving all along.
+
+        Each primary consumer in turn drains (finishes its batch, commits it with its offsets, leaves the group)
+        and is replaced by one that runs the shadow's model in the primary's group, which continues from the
+        offsets the old one committed; the next waits until the group is stable again, so that with two or more
+        consumers some member always holds each partition. Then the shadow's consumers drain and stop. Returns
+        the primary group's committed offsets per images partition once the last old consumer had stopped.
+        """
+        candidate = self.shadow_model
+        if not candidate:
+            raise PipelineError("no shadow model runs: start one with SHADOW_MODEL_NAME to promote it")
+        deadline = time.monotonic() + timeout_s
+        settings = self.settings()
+        self.primary_model = candidate
+        offsets: dict[int, int] = {}
+        for name in sorted(n for n in self.services if n.startswith("inference-")):
+            old = self.services[name]
+            old.terminate()
+            code = old.wait(self.stop_timeout_s)
+            offsets = self._committed(settings.consumer_group_inference, settings.topic_images)
+            logger.info(
+                "promotion: %s stopped (exit %s) with the group's committed offsets at %s; starting it with %s",
+                name,
+                code,
+                offsets,
+                candidate,
+            )
+            self.start_service(name)
+            self._wait_for_consumers(deadline, timeout_s)
+        for name in sorted(n for n in self.services if n.startswith("shadow-")):
+            self.services[name].terminate()
+            self.services.pop(name).wait(self.stop_timeout_s)
+        self.shadow_model = None
+        logger.info("promotion: %s is the primary model; the shadow consumers have stopped", candidate)
+        return offsets
+
+    def _committed(self, group_id: str, topic: str) -> dict[int, int]:
+        admin = wait_for_admin(self.settings(), "launcher")
+        try:
+            return {
+                p: committed for p, (committed, _end) in sorted(admin.group_offsets(group_id, topic).items())
+            }
+        finally:
+            admin.close()
 
     def _wait_a_little(self, deadline: float, message: str) -> None:
         self.check_alive()

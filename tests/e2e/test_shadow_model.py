@@ -129,3 +129,58 @@ def test_a_stopped_shadow_delays_no_primary_result_and_catches_up_when_back(
     counts = predictions_on_topic(s, set(ids), topic=s.topic_predictions_shadow)
     assert lost_and_duplicated(counts, set(ids)) == (0, 0)
     system.check_alive()
+
+
+def test_promotion_under_load_loses_none_answers_none_twice_and_serves_throughout(
+    system_factory,  # type: ignore[no-untyped-def]
+    photos: dict[str, bytes],
+) -> None:
+    """`make promote` (System.promote) while a client uploads steadily: every upload accepted, each job once on
+    the predictions topic, the old model's answers before the switch and the candidate's after it."""
+    import threading
+
+    system: System = system_factory(consumers=2, shadow_model=SHADOW)
+    statuses: list[int] = []
+    ids: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=system.api_url, timeout=60) as client:
+            n = 0
+            while not stop.is_set():
+                files = [("file", (f"{name}-{n}.jpg", photos[name])) for name in ("coffee", "chelsea")]
+                response = client.post("/v1/images", files=files)
+                statuses.append(response.status_code)
+                if response.status_code == 202:
+                    ids.extend(job["id"] for job in response.json()["jobs"])
+                n += 1
+                time.sleep(0.25)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    try:
+        time.sleep(8)
+        before = len(ids)
+        offsets = system.promote()
+        time.sleep(8)
+    finally:
+        stop.set()
+        loader.join(60)
+    assert before > 0 and len(ids) > before, "uploads were accepted before and after the promotion"
+    assert set(statuses) <= {202, 429}, f"no 5xx, no other refusal: {sorted(set(statuses))}"
+    assert offsets and sum(offsets.values()) > 0, offsets
+    assert "shadow-1" not in system.services and system.shadow_model is None
+
+    s = system_settings(system)
+    counts = predictions_on_topic(s, set(ids))
+    assert lost_and_duplicated(counts, set(ids)) == (0, 0)
+    streamed = {}
+    for start in range(0, len(ids), 50):  # within the sink's ids per stream
+        chunk = stream_results(system.sink_url, ids[start : start + 50], timeout_s=180)
+        streamed.update({str(result["id"]): result for _event_id, result in chunk})
+    models = [streamed[job]["model"]["name"] for job in ids]  # type: ignore[index]
+    assert set(models) == {"efficientnet-lite0", SHADOW}, "the old model answered, then the candidate"
+    last_old = max(i for i, m in enumerate(models) if m == "efficientnet-lite0")
+    assert all(m == SHADOW for m in models[last_old + 1 :]) and models[-1] == SHADOW
+    assert all(streamed[job]["status"] == "done" for job in ids)
+    system.check_alive()
