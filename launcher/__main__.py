@@ -58,10 +58,12 @@ def main() -> int:
                 shadow_consumers=settings.shadow_consumers,
             )
             pid_file = data_dir / "launcher.pid"
+            data_dir.mkdir(parents=True, exist_ok=True)  # with a given cluster, nothing made it yet
             pid_file.write_text(f"{os.getpid()}\n")  # `make promote` signals this process
             try:
                 return _supervise(system, stop, promote, started)
             finally:
+                pid_file.unlink(missing_ok=True)
                 logger.info(
                     "stopping: the API first (no new uploads), then the consumers, the sink, the broker"
                 )

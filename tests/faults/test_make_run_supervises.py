@@ -52,8 +52,11 @@ def ready(url: str) -> bool:
 
 @pytest.fixture
 def launched(
-    kafka_bootstrap: str, tmp_path: Path, output_dir: Path
+    kafka_bootstrap: str, tmp_path: Path, output_dir: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
+    """`make run` as a real process on the session broker; a test's `extra_env` marker adds settings."""
+    marker = request.node.get_closest_marker("extra_env")
+    extra: dict[str, str] = marker.args[0] if marker else {}
     name = f"launcher-{os.getpid()}-{time.monotonic_ns() % 10**6}"
     env = (
         dict(os.environ)
@@ -70,6 +73,7 @@ def launched(
             # wait limit has its own system test (tests/e2e/test_hostile_traffic.py).
             "MAX_QUEUE_WAIT_S": "0",
         }
+        | extra
     )
     log = (output_dir / f"{name}.log").open("wb")
     launcher = subprocess.Popen([sys.executable, "-m", "launcher"], cwd=REPO, env=env, stdout=log, stderr=log)
@@ -123,3 +127,33 @@ def test_kill_9_of_a_consumer_under_make_run_is_restarted_and_every_image_is_pre
         lost=lost,
         duplicated=duplicated,
     )
+
+
+@pytest.mark.extra_env({"SHADOW_MODEL_NAME": "efficientnet-lite1", "INFERENCE_CONSUMERS": "1"})
+def test_make_promote_under_make_run_makes_the_shadow_the_primary(
+    launched: tuple[subprocess.Popen[bytes], dict[str, str]], photos: dict[str, bytes], output_dir: Path
+) -> None:
+    """`SHADOW_MODEL_NAME=... make run`, then `make promote`: the running launcher replaces its primary consumer
+    by one of the shadow's model and stops the shadow; the next uploads are answered by the candidate."""
+    launcher, env = launched
+    api, sink = f"http://127.0.0.1:{env['API_PORT']}", f"http://127.0.0.1:{env['SINK_PORT']}"
+    wait_for(lambda: ready(f"{api}/readyz") and ready(f"{sink}/readyz"), "make run ready")
+    wait_for(lambda: len(consumers_of(launcher)) == 2, "the primary and the shadow consumer running")
+    with httpx.Client(base_url=api, timeout=30) as client:
+        (before,) = upload(client, {"before.jpg": photos["coffee"]})
+        assert wait_by_polling(client, before["result_url"])["model"]["name"] == "efficientnet-lite0"  # type: ignore[index]
+
+        make = ["make", "--no-print-directory", "promote"]
+        subprocess.run(make, cwd=REPO, env=env, check=True, timeout=30)
+        wait_for(
+            lambda: (
+                len(consumers_of(launcher)) == 1
+                and all(c.environ().get("MODEL_NAME") == "efficientnet-lite1" for c in consumers_of(launcher))
+            ),
+            "one consumer left, running the candidate",
+            timeout_s=180,
+        )
+        (after,) = upload(client, {"after.jpg": photos["coffee"]})
+        result = wait_by_polling(client, after["result_url"])
+        assert result["model"]["name"] == "efficientnet-lite1" and result["label"] == "espresso"  # type: ignore[index]
+    assert launcher.poll() is None, "make run keeps running"
