@@ -34,8 +34,8 @@ class ResultTimings(BaseModel):
     stored_at: float
 
 
-class ShadowResult(BaseModel):
-    """A shadow model's answer for the same image: stored and compared, never sent to a stream."""
+class Answer(BaseModel):
+    """One model's answer for an image, as clients see it."""
 
     status: Literal["done", "failed"]
     label: str | None
@@ -44,6 +44,10 @@ class ShadowResult(BaseModel):
     error: str | None
     model: ModelInfo
     timings: ResultTimings
+
+
+class ShadowResult(Answer):
+    """A shadow model's answer for the same image: stored and compared, never sent to a stream."""
 
     @classmethod
     def from_stored(cls, stored: StoredResult) -> ShadowResult:
@@ -51,7 +55,7 @@ class ShadowResult(BaseModel):
         return cls(**_answer(stored))
 
 
-class ResultResponse(BaseModel):
+class ResultResponse(Answer):
     """A finished job: `GET /v1/results/{id}` and the data of every SSE `result` event.
 
     `shadow` is the shadow model's answer when one runs and its answer is in (`GET` only; SSE events are sent as
@@ -59,14 +63,7 @@ class ResultResponse(BaseModel):
     """
 
     id: str
-    status: Literal["done", "failed"]
     filename: str
-    label: str | None
-    score: float | None
-    top: list[TopLabel]
-    error: str | None
-    model: ModelInfo
-    timings: ResultTimings
     shadow: ShadowResult | None = None
 
     @classmethod

@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from pipeline_core.events import FeedbackEvent, PredictionEvent, Record
 from results_sink.notify import CHANNEL, ResultListener
-from results_sink.store import StoredFeedback, StoredResult, StoreError
+from results_sink.store import StoredFeedback, StoredResult, StoreError, TableReads
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def describe(url: str) -> str:
     return f"{info.get('user', '')}@{where}"
 
 
-class PostgresResultStore:
+class PostgresResultStore(TableReads):
     """A `ResultStore` in PostgreSQL, safe to share between threads, processes and hosts."""
 
     def __init__(self, url: str, pool: ConnectionPool) -> None:
@@ -149,24 +149,6 @@ class PostgresResultStore:
                     new.append(StoredResult(row[0], event.job_id, event, stored_at))
                 cur.nextset()
         return new
-
-    def get(self, job_id: str) -> StoredResult | None:
-        """The stored result of one job, if any."""
-        found = self._of("results", [job_id], 0)
-        return found[0] if found else None
-
-    def get_shadow(self, job_id: str) -> StoredResult | None:
-        """The shadow model's stored result of one job, if any."""
-        found = self._of("shadow_results", [job_id], 0)
-        return found[0] if found else None
-
-    def results_after(self, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
-        """Stored results of these jobs with `seq > after_seq`, in seq order."""
-        return self._of("results", job_ids, after_seq)
-
-    def shadows_of(self, job_ids: Sequence[str]) -> list[StoredResult]:
-        """The shadow model's stored results of these jobs, in seq order."""
-        return self._of("shadow_results", job_ids, 0)
 
     def recent(self, limit: int, *, shadow: bool = False) -> list[StoredResult]:
         """The newest `limit` results (the shadow model's with `shadow`), newest first."""

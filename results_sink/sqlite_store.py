@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline_core.events import FeedbackEvent, PredictionEvent, Record
-from results_sink.store import StoredFeedback, StoredResult, StoreError
+from results_sink.store import StoredFeedback, StoredResult, StoreError, TableReads
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteResultStore:
+class SqliteResultStore(TableReads):
     """A `ResultStore` in one SQLite file; safe to share between the consumer thread and request threads."""
 
     def __init__(self, path: str, writer: sqlite3.Connection) -> None:
@@ -126,24 +126,6 @@ class SqliteResultStore:
     def write_shadow_batch(self, events: Sequence[PredictionEvent]) -> list[StoredResult]:
         """The same for a shadow model's results, in a table of their own."""
         return self._write("shadow_results", events)
-
-    def get(self, job_id: str) -> StoredResult | None:
-        """The stored result of one job, if any."""
-        found = self._of("results", [job_id], 0)
-        return found[0] if found else None
-
-    def get_shadow(self, job_id: str) -> StoredResult | None:
-        """The shadow model's stored result of one job, if any."""
-        found = self._of("shadow_results", [job_id], 0)
-        return found[0] if found else None
-
-    def results_after(self, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
-        """Stored results of these jobs with `seq > after_seq`, in seq order."""
-        return self._of("results", job_ids, after_seq)
-
-    def shadows_of(self, job_ids: Sequence[str]) -> list[StoredResult]:
-        """The shadow model's stored results of these jobs, in seq order."""
-        return self._of("shadow_results", job_ids, 0)
 
     def recent(self, limit: int, *, shadow: bool = False) -> list[StoredResult]:
         """The newest `limit` results (the shadow model's with `shadow`), newest first."""

@@ -85,6 +85,32 @@ class ResultStore(Protocol):
         ...
 
 
+class TableReads:
+    """The reads by job id that every store has, on the one query each store implements: `_of(table, job_ids,
+    after_seq)`, the rows of `results` or `shadow_results` for those jobs with `seq > after_seq`, in seq order."""
+
+    def _of(self, table: str, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
+        raise NotImplementedError
+
+    def get(self, job_id: str) -> StoredResult | None:
+        """The stored result of one job, if any."""
+        found = self._of("results", [job_id], 0)
+        return found[0] if found else None
+
+    def get_shadow(self, job_id: str) -> StoredResult | None:
+        """The shadow model's stored result of one job, if any."""
+        found = self._of("shadow_results", [job_id], 0)
+        return found[0] if found else None
+
+    def results_after(self, job_ids: Sequence[str], after_seq: int) -> list[StoredResult]:
+        """Stored results of these jobs with `seq > after_seq`, in seq order."""
+        return self._of("results", job_ids, after_seq)
+
+    def shadows_of(self, job_ids: Sequence[str]) -> list[StoredResult]:
+        """The shadow model's stored results of these jobs, in seq order."""
+        return self._of("shadow_results", job_ids, 0)
+
+
 class ResultFeed(Protocol):
     """A running feed of stored results (see `SharedResultStore.listen`)."""
 
