@@ -61,6 +61,8 @@ def fuzz_client(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
         topic_feedback=f"fuzz-feedback-{run}",
         topic_predictions=f"fuzz-predictions-{run}",
         topic_dead_letter=f"fuzz-dlq-{run}",
+        topic_predictions_shadow=f"fuzz-predictions-shadow-{run}",
+        topic_dead_letter_shadow=f"fuzz-dlq-shadow-{run}",
         max_image_bytes=64 * 1024,
         max_files_per_request=4,
         max_backlog_images=0,
