@@ -20,6 +20,9 @@ from pipeline_core.errors import PipelineError
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Our own generator: jitter drawn from the module-level one would move the process's shared random state from
+# background threads (a property-based test's generator saw its state change under it and failed as flaky).
+_jitter = random.Random()  # noqa: S311 - jitter, not cryptography
 
 
 def is_retriable(error: BaseException) -> bool:
@@ -41,7 +44,7 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """The pause after failed attempt number `attempt` (1-based)."""
         base = min(self.max_s, self.first_s * 2 ** max(0, attempt - 1))
-        return float(base * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not cryptography
+        return float(base * _jitter.uniform(0.8, 1.2))
 
 
 def should_log(attempt: int) -> bool:
