@@ -56,6 +56,7 @@ def main() -> int:
                 stop_timeout_s=settings.service_stop_timeout_s,
                 shadow_model=settings.shadow_model_name,
                 shadow_consumers=settings.shadow_consumers,
+                canary_consumers=settings.canary_consumers,
             )
             pid_file = data_dir / "launcher.pid"
             data_dir.mkdir(parents=True, exist_ok=True)  # with a given cluster, nothing made it yet
@@ -103,9 +104,16 @@ def _supervise(system: System, stop: threading.Event, promote: threading.Event, 
         system.api_port,
         system.sink_port,
     )
+    if system.canary_consumers:
+        logger.info(
+            "canary: %d of the primary group's %d consumers run %s and answer the images of their partitions",
+            system.canary_consumers,
+            system.consumers + system.canary_consumers,
+            system.shadow_model,
+        )
     if system.shadow_model:
         logger.info(
-            "shadow model %s: compare at http://localhost:%d/v1/models; `make promote` (SIGUSR1 to pid %d) makes "
+            "candidate model %s: compare at http://localhost:%d/v1/models; `make promote` (SIGUSR1 to pid %d) makes "
             "it the primary",
             system.shadow_model,
             system.sink_port,

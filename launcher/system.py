@@ -49,6 +49,10 @@ class ServiceDiedError(PipelineError):
     """A service of the system exited while it should be running."""
 
 
+# The services that are members of the primary's consumer group: its own consumers and the canary's.
+PRIMARY_GROUP_MEMBERS = ("inference-", "canary-")
+
+
 @dataclass
 class System:
     """The services of one running system; start with `start()`, stop with `stop()` (API first, sink last)."""
@@ -65,9 +69,12 @@ class System:
     # On a cluster with an authorizer: grant each service its ACLs (pipeline_core.acls) after the topics.
     grant_acls: bool = False
     stop_timeout_s: float = 20.0
-    # A shadow model (docs/model.md, rollout): its consumers run this model as INFERENCE_ROLE=shadow.
+    # The candidate model (docs/model.md, rollout). Its `shadow_consumers` run it as INFERENCE_ROLE=shadow, in a
+    # group of their own; its `canary_consumers` run it as members of the primary's group, so that it answers
+    # the clients of the partitions they hold.
     shadow_model: str | None = None
     shadow_consumers: int = 1
+    canary_consumers: int = 0
     # After `promote()`: the model the primary's consumers run instead of the environment's MODEL_NAME.
     primary_model: str | None = None
     services: dict[str, Service] = field(default_factory=dict, init=False)
@@ -75,6 +82,8 @@ class System:
     _env: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.canary_consumers and not self.shadow_model:
+            raise PipelineError("a canary runs the candidate model: name it with SHADOW_MODEL_NAME")
         self._env = self._build_env()
 
     @property
@@ -104,7 +113,8 @@ class System:
         env.setdefault("JOB_ID_SECRET", secrets.token_urlsafe(32))  # the API and the sink must share it
         # The consumers share the cores: more model threads than cores only adds contention (measured in
         # docs/benchmarks/pipeline.md), so by default the cores are divided among the consumers.
-        env.setdefault("MODEL_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, self.consumers))))
+        primaries = self.consumers + self.canary_consumers
+        env.setdefault("MODEL_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, primaries))))
         env.setdefault("RESULTS_STORE_URL", f"sqlite:///{self.data_dir.resolve()}/results.db")
         env.setdefault("RESULTS_PUBLIC_URL", f"http://localhost:{self.sink_port}")
         env.setdefault("RESULTS_INTERNAL_URL", self.sink_url)
@@ -124,6 +134,8 @@ class System:
         for n in range(1, self.consumers + 1):
             self.start_service(f"inference-{n}")
         if self.shadow_model:
+            for n in range(1, self.canary_consumers + 1):
+                self.start_service(f"canary-{n}")
             for n in range(1, self.shadow_consumers + 1):
                 self.start_service(f"shadow-{n}")
         self.start_service("api")
@@ -154,12 +166,13 @@ class System:
                 acl_admin.close()
 
     def start_service(self, name: str) -> Service:
-        """(Re)start one service by name: `api`, `sink`, `inference-N` or `shadow-N`."""
+        """(Re)start one service by name: `api`, `sink`, `inference-N`, `canary-N` or `shadow-N`."""
         module = {"api": "producer_api", "sink": "results_sink"}.get(name, "inference_consumer")
         if name in ("api", "sink"):
             colour = {"api": 5, "sink": 0}[name]
         else:
-            colour = 6 if name.startswith("shadow-") else int(name.rpartition("-")[2])
+            kind, _, n = name.rpartition("-")
+            colour = {"shadow": 6, "canary": 4}.get(kind, int(n))
         env = self._env
         if module == "inference_consumer":
             # Each consumer serves /metrics on its own port, kept across restarts so a scraper keeps finding it.
@@ -169,6 +182,9 @@ class System:
             env = env | {"METRICS_PORT": str(port), "CONSUMER_INSTANCE_ID": name}
             if name.startswith("shadow-") and self.shadow_model:
                 env = env | {"INFERENCE_ROLE": "shadow", "MODEL_NAME": self.shadow_model}
+            elif name.startswith("canary-") and (self.shadow_model or self.primary_model):
+                # Before a promotion the candidate is the shadow's model, after it the primary's.
+                env = env | {"MODEL_NAME": str(self.shadow_model or self.primary_model)}
             elif self.primary_model:
                 env = env | {"MODEL_NAME": self.primary_model}
         role = {"producer_api": "api", "results_sink": "sink"}.get(module, "inference")
@@ -187,8 +203,11 @@ class System:
         self._wait_for_consumers(deadline, timeout_s)
 
     def _wait_for_consumers(self, deadline: float, timeout_s: float) -> None:
-        """Until every running primary consumer holds partitions of a stable group."""
-        consumers = sum(1 for name, s in self.services.items() if name.startswith("inference-") and s.running)
+        """Until every running member of the primary's group (its consumers and the canary's) holds partitions of
+        a stable group."""
+        consumers = sum(
+            1 for name, s in self.services.items() if name.startswith(PRIMARY_GROUP_MEMBERS) and s.running
+        )
         if consumers:
             admin = create_admin(self.settings(), "launcher")  # the broker answered the sink and the API
             try:
@@ -208,7 +227,8 @@ class System:
         Each primary consumer in turn drains (finishes its batch, commits it with its offsets, leaves the group)
         and is replaced by one that runs the shadow's model in the primary's group, which continues from the
         offsets the old one committed; the next waits until the group is stable again, so that with two or more
-        consumers some member always holds each partition. Then the shadow's consumers drain and stop. Returns
+        consumers some member always holds each partition. The canary's consumers already run the candidate and
+        stay. Then the shadow's consumers drain and stop. Returns
         the primary group's committed offsets per images partition once the last old consumer had stopped.
         """
         candidate = self.shadow_model
@@ -265,7 +285,7 @@ class System:
         """Stop in order: the API (no new uploads), then the consumers, then the sink. Returns exit codes."""
         codes: dict[str, int | None] = {}
         api = [s for n, s in self.services.items() if n == "api"]
-        consumers = [s for n, s in self.services.items() if n.startswith(("inference-", "shadow-"))]
+        consumers = [s for n, s in self.services.items() if n.startswith((*PRIMARY_GROUP_MEMBERS, "shadow-"))]
         sink = [s for n, s in self.services.items() if n == "sink"]
         for group in (api, consumers, sink):
             for service in group:

@@ -190,7 +190,13 @@ class SystemFactory:
         self.started: list[object] = []
 
     def __call__(
-        self, consumers: int = 2, bootstrap: str | None = None, shadow_model: str | None = None, **env: str
+        self,
+        consumers: int = 2,
+        bootstrap: str | None = None,
+        shadow_model: str | None = None,
+        shadow_consumers: int = 1,
+        canary_consumers: int = 0,
+        **env: str,
     ) -> System:
         from kafka_local import free_port
         from launcher.system import System, isolated_env
@@ -210,6 +216,8 @@ class SystemFactory:
             env=isolation | env,
             out=log,
             shadow_model=shadow_model,
+            shadow_consumers=shadow_consumers,
+            canary_consumers=canary_consumers,
         )
         self.started.append((system, log))
         system.start()

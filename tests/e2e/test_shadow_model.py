@@ -184,3 +184,86 @@ def test_promotion_under_load_loses_none_answers_none_twice_and_serves_throughou
     assert all(m == SHADOW for m in models[last_old + 1 :]) and models[-1] == SHADOW
     assert all(streamed[job]["status"] == "done" for job in ids)
     system.check_alive()
+
+
+def image_partitions(system: System, expected: set[str], timeout_s: float = 60) -> dict[str, int]:
+    """The images partition each expected job's record is on, read from the images topic itself."""
+    from kafka import TopicPartition
+
+    from pipeline_core.clients import create_consumer
+    from pipeline_core.events import decode_image
+
+    s = system_settings(system)
+    consumer = create_consumer(s, "tests-reader", group_id=None)
+    found: dict[str, int] = {}
+    try:
+        topic = s.topic_images
+        consumer.assign(
+            [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        )
+        consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout_s
+        while set(found) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=300).values():
+                for r in records:
+                    found[decode_image(r.value, r.headers).meta.job_id] = r.partition
+    finally:
+        consumer.close()
+    assert set(found) >= expected, f"{len(expected - set(found))} jobs not on the images topic"
+    return {job: found[job] for job in expected}
+
+
+def partitions_held_by(system: System, service: str) -> set[int]:
+    """The images partitions a member of the primary's group holds, found by its process id in its client id."""
+    from pipeline_core.clients import create_admin
+
+    s = system_settings(system)
+    pid = system.services[service].process.pid  # type: ignore[union-attr]
+    admin = create_admin(s, "tests")
+    try:
+        group = admin.describe_groups([s.consumer_group_inference])[s.consumer_group_inference]
+    finally:
+        admin.close()
+    assert group["group_state"] == "Stable", group
+    held: set[int] = set()
+    for member in group["members"]:
+        if member["client_id"].endswith(f"-{pid}"):
+            for assigned in member["member_assignment"]["assigned_partitions"]:
+                if assigned["topic"] == s.topic_images:
+                    held |= set(assigned["partitions"])
+    return held
+
+
+def test_a_canary_answers_the_clients_of_its_partitions_and_the_primary_the_rest(
+    system_factory,  # type: ignore[no-untyped-def]
+    photos: dict[str, bytes],
+) -> None:
+    """CANARY_CONSUMERS=1 beside one primary consumer: the candidate is a member of the primary's group, so it
+    answers (on the predictions topic, and to clients) exactly the images of the partitions it holds, each once."""
+    system: System = system_factory(consumers=1, shadow_model=SHADOW, shadow_consumers=0, canary_consumers=1)
+    assert "shadow-1" not in system.services
+    canary_partitions = partitions_held_by(system, "canary-1")
+    primary_partitions = partitions_held_by(system, "inference-1")
+    assert canary_partitions and primary_partitions and not canary_partitions & primary_partitions
+    partitions = len(canary_partitions | primary_partitions)
+
+    ids = upload_photos(system, photos, rounds=4) + upload_photos(system, photos, rounds=4)
+    streamed = {str(r["id"]): r for _event_id, r in stream_results(system.sink_url, ids, timeout_s=240)}
+    assert set(streamed) == set(ids)
+    where = image_partitions(system, set(ids))
+    for job in ids:
+        model = streamed[job]["model"]["name"]  # type: ignore[index]
+        expected = SHADOW if where[job] in canary_partitions else "efficientnet-lite0"
+        assert model == expected, (job, where[job], model, canary_partitions)
+        assert streamed[job]["status"] == "done" and streamed[job]["shadow"] is None  # type: ignore[index]
+    by_canary = sum(where[job] in canary_partitions for job in ids)
+    assert 0 < by_canary < len(ids), "both models answered a share"
+    assert len(canary_partitions) == partitions // 2, "one of two members: half the partitions"
+
+    s = system_settings(system)
+    assert lost_and_duplicated(predictions_on_topic(s, set(ids)), set(ids)) == (0, 0)
+    report = httpx.get(f"{system.sink_url}/v1/models", timeout=10).json()
+    primary_rows = {m["model"]["name"]: m for m in report["models"] if m["role"] == "primary"}
+    assert set(primary_rows) == {"efficientnet-lite0", SHADOW}, report
+    assert primary_rows[SHADOW]["images"] == by_canary
+    system.check_alive()
