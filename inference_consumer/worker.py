@@ -8,11 +8,15 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
+
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, set_span_in_context
 
 from inference_consumer import metrics
 from inference_consumer.model import Classification, ImageClassifier
 from inference_consumer.settings import ConsumerSettings
+from pipeline_core import tracing
 from pipeline_core.clients import create_consumer_client, create_producer_client
 from pipeline_core.errors import DecodeError, ImageDecodeError
 from pipeline_core.events import (
@@ -51,11 +55,12 @@ class InferenceHandler:
         """One prediction record per image (`Failed` for an image that cannot be decoded)."""
         dequeued_at = time.time()
         result = self.classifier.classify_batch([r.value.image for r in batch], top_k=self.settings.top_k)
+        predicted_at = time.time()
         metrics.INFERENCE_SECONDS.observe(result.preprocess_s + result.inference_s)
         metrics.BATCH_SIZE.observe(len(batch))
         timings = {
             "dequeued_at": dequeued_at,
-            "predicted_at": time.time(),
+            "predicted_at": predicted_at,
             "preprocess_ms": result.preprocess_s * 1000,
             "inference_ms": result.inference_s * 1000,
             "batch_size": len(batch),
@@ -66,12 +71,64 @@ class InferenceHandler:
                 outputs.append(Failed(record, f"cannot decode image: {classification}"))
                 continue
             event = record.value
+            trace_out = self._trace(record, dequeued_at, predicted_at, result.preprocess_s, len(batch))
             prediction = self._done(
-                event, classification, Timings(received_at=event.meta.received_at, **timings)
+                event, classification, Timings(received_at=event.meta.received_at, **timings), trace_out
             )
-            outputs.append(prediction_record(self.settings, prediction, record))
+            outputs.append(prediction_record(self.settings, prediction, record, trace_out))
             metrics.IMAGES_CLASSIFIED.labels("done").inc()
         return outputs
+
+    def _trace(
+        self,
+        record: Record[ImageEvent],
+        dequeued_at: float,
+        predicted_at: float,
+        preprocess_s: float,
+        size: int,
+    ) -> TraceOut:
+        """This image's spans, in the trace its record's headers carry: the wait in the topic, its share of the
+        batch (the one model call's two stages, at their times), and the hand-off of its prediction; returns
+        what carries the trace on to the prediction record."""
+        parent = tracing.context_from_headers(record.headers)
+        if not tracing.is_traced(parent):
+            return NOT_TRACED
+        where: dict[str, str | int | float] = {
+            "job.id": record.value.meta.job_id,
+            "messaging.kafka.offset": record.offset,
+        }
+        tracing.record_span(
+            "queue wait", record.value.meta.received_at, dequeued_at, parent, attributes=where
+        )
+        classify = tracing.record_span(
+            "classify",
+            dequeued_at,
+            predicted_at,
+            parent,
+            attributes=where | {"model.name": self.classifier.model_name, "batch.size": size},
+            kind=SpanKind.CONSUMER,
+        )
+        stages = set_span_in_context(classify)
+        tracing.record_span("preprocess", dequeued_at, dequeued_at + preprocess_s, stages)
+        tracing.record_span("inference", dequeued_at + preprocess_s, predicted_at, stages)
+        return self._publish_trace(parent, predicted_at, record.value.meta.job_id)
+
+    def _publish_trace(self, parent: Context, started_at: float, job_id: str) -> TraceOut:
+        """A producer span for the prediction (from the result to its hand-off to the producer, which sends it
+        with the batch's commit), whose context the prediction record carries."""
+        if not tracing.is_traced(parent):
+            return NOT_TRACED
+        topic = self.settings.predictions_topic
+        publish = tracing.record_span(
+            f"publish {topic}",
+            started_at,
+            time.time(),
+            parent,
+            attributes={"messaging.destination.name": topic, "job.id": job_id},
+            kind=SpanKind.PRODUCER,
+        )
+        context = set_span_in_context(publish)
+        return TraceOut(tuple(tracing.trace_headers(context)), tracing.traceparent_of(publish))
 
     def on_poison(self, record: RawRecord, reason: str) -> list[OutRecord]:
         """A failed result for the record's job, when a job id can be read from it."""
@@ -85,12 +142,21 @@ class InferenceHandler:
         if job_id is None:
             return []
         metrics.IMAGES_CLASSIFIED.labels("failed").inc()
+        # The failed result continues the image's trace too, when its record carries one.
+        trace_out = self._publish_trace(tracing.context_from_headers(record.headers), time.time(), job_id)
         failed = PredictionEvent(
-            job_id=job_id, status="failed", filename=filename, error=reason, **self._model()
+            job_id=job_id,
+            status="failed",
+            filename=filename,
+            error=reason,
+            traceparent=trace_out.traceparent,
+            **self._model(),
         )
-        return [prediction_record(self.settings, failed, record)]
+        return [prediction_record(self.settings, failed, record, trace_out)]
 
-    def _done(self, event: ImageEvent, result: Classification, timings: Timings) -> PredictionEvent:
+    def _done(
+        self, event: ImageEvent, result: Classification, timings: Timings, trace_out: TraceOut
+    ) -> PredictionEvent:
         top = tuple(
             ScoredLabelModel(label=s.label, wnid=s.wnid, index=s.index, score=s.score) for s in result.top
         )
@@ -102,6 +168,7 @@ class InferenceHandler:
             score=top[0].score,
             top=top,
             timings=timings,
+            traceparent=trace_out.traceparent,
             **self._model(),
         )
 
@@ -110,12 +177,26 @@ class InferenceHandler:
         return {"model_name": c.model_name, "model_version": c.model_version, "runtime": c.runtime}
 
 
+class TraceOut(NamedTuple):
+    """What carries an image's trace on to its prediction: the record's headers, and the same context for the
+    prediction's `traceparent` field (none of either when nothing is traced)."""
+
+    headers: tuple[tuple[str, bytes], ...] = ()
+    traceparent: str | None = None
+
+
+NOT_TRACED = TraceOut()
+
+
 def prediction_record(
-    settings: ConsumerSettings, prediction: PredictionEvent, source: Record[Any]
+    settings: ConsumerSettings,
+    prediction: PredictionEvent,
+    source: Record[Any],
+    trace_out: TraceOut = NOT_TRACED,
 ) -> OutRecord:
     """A prediction as an output record of the predictions topic."""
     key, value, headers = encode_prediction(prediction)
-    return OutRecord(settings.predictions_topic, key, value, tuple(headers), source)
+    return OutRecord(settings.predictions_topic, key, value, (*headers, *trace_out.headers), source)
 
 
 def readable_job_id(record: RawRecord) -> str | None:

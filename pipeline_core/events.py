@@ -20,7 +20,10 @@ SCHEMA_HEADER = "schema"
 Headers = Sequence[tuple[str, bytes | None]]
 
 IMAGE_SCHEMA = "image/1"
-PREDICTION_SCHEMA = "prediction/1"
+PREDICTION_SCHEMA = "prediction/2"
+# Versions still read, as the current model: prediction/1 lacks only `traceparent` (read as null), so a sink
+# upgraded before the consumers reads what they write meanwhile.
+_EARLIER_READABLE = {"prediction/1"}
 FEEDBACK_SCHEMA = "feedback/1"
 
 
@@ -78,6 +81,14 @@ class PredictionEvent(_Event):
     model_version: str | None = None
     runtime: str | None = None
     timings: Timings | None = None
+    traceparent: str | None = Field(
+        None,
+        max_length=55,
+        pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        description="W3C trace context of the span that wrote this result, in the trace of its image from the "
+        "upload on (null when tracing is off); the record's `traceparent` header carries the same (since "
+        "prediction/2).",
+    )
 
 
 class FeedbackEvent(_Event):
@@ -113,7 +124,9 @@ def bounded(text: str, limit: int = 200) -> str:
 
 def _check_schema(headers: Headers | None, expected: str) -> None:
     found = schema_of(headers)
-    if found == expected:
+    if found == expected or (
+        found in _EARLIER_READABLE and found.split("/")[0] == expected.split("/", maxsplit=1)[0]
+    ):
         return
     if found is None:
         raise DecodeError(f"record has no {SCHEMA_HEADER!r} header; expected {expected}")

@@ -145,6 +145,20 @@ class PipelineSettings(BaseSettings):
         "makes the transactional id, so that a restarted instance fences its predecessor at once; unset, the "
         "host name and process id are used.",
     )
+    tracing_exporter: Literal["none", "otlp", "console"] = Field(
+        "none",
+        description="Where each service's OpenTelemetry spans go (one trace per image across the hops; "
+        "docs/operations.md): none records and propagates nothing; otlp "
+        "exports over OTLP/HTTP to the collector the standard OTEL_EXPORTER_OTLP_ENDPOINT names (default "
+        "http://localhost:4318); console prints them.",
+    )
+    tracing_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the traces started here that are recorded; a trace that comes in sampled (or not) "
+        "keeps that decision at every hop.",
+    )
     poison_max_attempts: int = Field(
         3,
         ge=1,

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from pipeline_core.logs import configure_logging
 from pipeline_core.settings import DEV_JOB_ID_SECRET, PipelineSettings, WebSettings
+from pipeline_core.tracing import configure_tracing
 
 SettingsT = TypeVar("SettingsT", bound=PipelineSettings)
 
@@ -24,8 +25,8 @@ def describe_errors(error: ValidationError) -> str:
 
 
 def load_settings(cls: type[SettingsT], service: str) -> SettingsT | None:
-    """Settings from the environment, logging configured and the effective values logged (secrets masked);
-    None, after printing which settings are wrong, when they do not validate (the caller exits 2)."""
+    """Settings from the environment, logging and tracing configured and the effective values logged (secrets
+    masked); None, after printing which settings are wrong, when they do not validate (the caller exits 2)."""
     try:
         settings = cls()
     except ValidationError as e:
@@ -34,6 +35,7 @@ def load_settings(cls: type[SettingsT], service: str) -> SettingsT | None:
     configure_logging(settings.log_level)
     logger = logging.getLogger(service)
     logger.info("settings: %s", settings.public_dict())
+    configure_tracing(settings, service)
     if isinstance(settings, WebSettings) and settings.job_id_secret.get_secret_value() == DEV_JOB_ID_SECRET:
         logger.warning(
             "JOB_ID_SECRET is the development default: anyone can forge job ids; set your own, the same on "

@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, APIKeyQuery
 from fastapi.staticfiles import StaticFiles
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.datastructures import MutableHeaders
@@ -36,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline_core import tracing
 from pipeline_core.serving import RequestGuard, ServingLimits
 from pipeline_core.settings import WebSettings
 
@@ -136,6 +138,26 @@ def api_key_guard(settings: WebSettings, *, query_allowed: bool = False) -> Call
     return header_or_query if query_allowed else header_only
 
 
+# Requests that are not work: probes and scrapes would only bury the traces that matter.
+UNTRACED_PATHS = frozenset({LIVENESS_PATH, "/readyz", "/metrics"})
+
+
+def telemetry() -> TelemetryConfig:
+    """FastAPI's own OpenTelemetry (`FastAPI(telemetry=...)`): a server span per request, continuing the client's
+    `traceparent`, current while the route runs, so that what the upload publishes is part of its trace; on the
+    pipeline's tracer provider (`pipeline_core.tracing`). Spans only: no OpenTelemetry metrics (Prometheus has
+    them) or logs, nor a span per dependency."""
+    return {
+        # None when tracing is off: FastAPI then sees an unconfigured global provider and skips its work.
+        "tracer_provider": tracing.installed_provider(),
+        "tracing": True,
+        "metrics": False,
+        "logs": False,
+        "operation_spans": False,
+        "exclude": lambda scope: scope.get("path") in UNTRACED_PATHS,
+    }
+
+
 def install_common(
     app: FastAPI, settings: WebSettings, *, streams: Callable[[str], bool] = lambda _path: False
 ) -> None:
@@ -156,7 +178,7 @@ def install_common(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST"],
-        allow_headers=[API_KEY_HEADER, "Last-Event-ID", "Content-Type"],
+        allow_headers=[API_KEY_HEADER, "Last-Event-ID", "Content-Type", *tracing.TRACE_HEADERS],
     )
     app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS)
     install_access_log_filter()

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from pipeline_core.errors import PublishError
-from pipeline_core.web import install_common
+from pipeline_core.web import install_common, telemetry
 from producer_api import metrics
 from producer_api.admission import Admission, OverloadedError
 from producer_api.compat import RETRY_AFTER, create_compat_router
@@ -53,6 +53,7 @@ def create_app(settings: ApiSettings, *, sink_transport: httpx.AsyncBaseTranspor
         summary="Upload images; each becomes a Kafka event; results arrive from the results sink.",
         version="1.0.0",
         lifespan=lifespan,
+        telemetry=telemetry(),
     )
     install_common(app, settings)
     _install_error_handlers(app)

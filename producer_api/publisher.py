@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kafka.errors import KafkaError
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 
+from pipeline_core import tracing
 from pipeline_core.errors import BrokerUnavailableError, PipelineError, PublishError
 from pipeline_core.events import FeedbackEvent, ImageEvent, encode_feedback, encode_image
 from pipeline_core.kafka_client import SharedProducer
@@ -72,6 +75,13 @@ def _encode(event: ImageEvent | FeedbackEvent, settings: ApiSettings) -> OutReco
     if isinstance(event, ImageEvent):
         return (settings.topic_images, *encode_image(event))
     return (settings.topic_feedback, *encode_feedback(event))
+
+
+def _publish_span(topic: str, event: ImageEvent | FeedbackEvent) -> Span:
+    """A producer span for one record, from its send to the broker's acknowledgement."""
+    job_id = event.meta.job_id if isinstance(event, ImageEvent) else event.job_id
+    attributes = {"messaging.system": "kafka", "messaging.destination.name": topic, "job.id": job_id or ""}
+    return tracing.tracer().start_span(f"publish {topic}", kind=SpanKind.PRODUCER, attributes=attributes)
 
 
 ACK_PATIENCE_S = 1.0
@@ -188,18 +198,30 @@ class Publisher:
         """Send every event and return once the broker acknowledged all of them; `PublishError` otherwise."""
         producer = self._producer()
         records = [_encode(event, self._settings) for event in events]
+        # Each record's own span, in the request's trace; its context goes in the record's headers, so that the
+        # consumer's spans for this image continue the same trace.
+        spans = [_publish_span(topic, event) for (topic, *_), event in zip(records, events, strict=True)]
         acks = _Acks(asyncio.get_running_loop(), len(records))
         started = time.perf_counter()
+        failure: str | None = None
         try:
-            for topic, key, value, headers in records:
-                producer.send(topic, key, value, headers, acks.on_delivered)
+            for (topic, key, value, headers), span in zip(records, spans, strict=True):
+                traced = [*headers, *tracing.trace_headers(trace.set_span_in_context(span))]
+                producer.send(topic, key, value, traced, acks.on_delivered)
             await self._await_acks(acks)
         except TimeoutError as e:
             self._set_state(False, f"no broker ack within {self._settings.publish_timeout_s:.0f} s")
+            failure = self._state.reason
             raise PublishError(self._state.reason) from e
         except (PipelineError, KafkaError) as e:  # sent and refused, or not even queued
             self._set_state(False, f"publish failed: {e}")
+            failure = self._state.reason
             raise PublishError(self._state.reason) from e
+        finally:  # also when the request is cancelled meanwhile (its client went away)
+            for span in spans:
+                if failure is not None:
+                    span.set_status(trace.StatusCode.ERROR, failure)
+                span.end()
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
     async def _await_acks(self, acks: _Acks) -> None:

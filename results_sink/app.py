@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
-from pipeline_core.web import install_common
+from pipeline_core.web import install_common, telemetry
 from results_sink.consumer import OnStored, SinkConsumer
 from results_sink.hub import ResultHub
 from results_sink.retention import purge_periodically
@@ -72,7 +72,14 @@ def create_app(settings: SinkSettings, on_fatal: Callable[[], None] | None = Non
             logger.info("results sink stopped")
 
     # docs_url=None: install_common serves /docs from the bundled Swagger UI files, not from a CDN.
-    app = FastAPI(title="Results sink", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Results sink",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        telemetry=telemetry(),
+    )
     app.state.settings = settings
     install_common(app, settings, streams=is_event_stream)
     app.include_router(health)

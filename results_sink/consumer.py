@@ -6,9 +6,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from pipeline_core import tracing
 from pipeline_core.clients import create_consumer_client, create_producer_client, wait_for_admin
 from pipeline_core.events import (
     FeedbackEvent,
@@ -75,7 +80,8 @@ class SinkHandler:
 
     def _store(self, records: list[Record[PredictionEvent]]) -> None:
         started = time.perf_counter()
-        new = self.store.write_batch([r.value for r in records])
+        with _store_spans(records) as events:
+            new = self.store.write_batch(events)
         metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
         self.stored += len(new)
         new_ids = {r.job_id for r in new}
@@ -102,13 +108,49 @@ class SinkHandler:
     def _store_shadows(self, records: list[Record[PredictionEvent]]) -> None:
         """A shadow model's results: stored beside the primary's and compared, never streamed. Counted, and a
         pair is counted here when the primary's half is in already (else when it comes, in `_store`)."""
-        new = self.store.write_shadow_batch([r.value for r in records])
+        with _store_spans(records) as events:
+            new = self.store.write_shadow_batch(events)
         self._shadow_seen = True
         self.models.stored("shadow", new)
         if new:
             by_job = _by_job(new)
             for primary in self.store.results_after(list(by_job), 0):
                 self.models.paired(primary.event, by_job[primary.job_id].event)
+
+
+@contextmanager
+def _store_spans(records: list[Record[PredictionEvent]]) -> Iterator[list[PredictionEvent]]:
+    """A span per prediction around the batch's write, in its image's trace (from the record's headers, or the
+    prediction's own `traceparent`); the events to store carry their span's context, so that the SSE event
+    that delivers one later is a span of the same trace."""
+    spans = []
+    events = []
+    for record in records:
+        parent = tracing.context_from_headers(record.headers)
+        if not trace.get_current_span(parent).get_span_context().is_valid:
+            parent = tracing.context_of(record.value.traceparent)
+        if not tracing.is_traced(parent):
+            events.append(record.value)
+            continue
+        span = tracing.tracer().start_span(
+            f"store {record.topic}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={"job.id": record.value.job_id, "messaging.kafka.offset": record.offset},
+        )
+        spans.append(span)
+        traceparent = tracing.traceparent_of(span) or record.value.traceparent
+        events.append(record.value.model_copy(update={"traceparent": traceparent}))
+    try:
+        yield events
+    except Exception as e:
+        for span in spans:
+            span.record_exception(e)
+            span.set_status(trace.StatusCode.ERROR, type(e).__name__)
+        raise
+    finally:
+        for span in spans:
+            span.end()
 
 
 def _by_job(results: list[StoredResult]) -> dict[str, StoredResult]:

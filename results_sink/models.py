@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from pipeline_core.tracing import trace_id_of
 from results_sink.store import StoredResult
 
 
@@ -44,6 +45,11 @@ class Answer(BaseModel):
     error: str | None
     model: ModelInfo
     timings: ResultTimings
+    trace_id: str | None = Field(
+        None,
+        description="The OpenTelemetry trace of this image, from its upload to this answer (32 hex digits; "
+        "null when nothing traced it): what a tracing UI finds it by.",
+    )
 
 
 class ShadowResult(Answer):
@@ -88,6 +94,7 @@ def _answer(stored: StoredResult) -> dict[str, Any]:
         "error": e.error,
         "model": ModelInfo(name=e.model_name, version=e.model_version, runtime=e.runtime),
         "timings": ResultTimings(**timings, stored_at=stored.stored_at),
+        "trace_id": trace_id_of(e.traceparent),
     }
 
 

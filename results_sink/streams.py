@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from anyio import to_thread
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
+from pipeline_core import tracing
 from results_sink.hub import EndReason, ResultHub, Subscription
 from results_sink.models import ResultResponse
 from results_sink.settings import SinkSettings
@@ -30,7 +32,17 @@ class StreamRequest:
 
 
 def result_event(stored: StoredResult) -> ServerSentEvent:
-    """The SSE event of one stored result; its id is the store's seq, which Last-Event-ID resumes from."""
+    """The SSE event of one stored result; its id is the store's seq, which Last-Event-ID resumes from. Its span
+    (in the image's trace, from the result's storing to this event) is the trace's last hop."""
+    parent = tracing.context_of(stored.event.traceparent)
+    if tracing.is_traced(parent):
+        tracing.record_span(
+            "deliver",
+            stored.stored_at,
+            time.time(),
+            parent,
+            attributes={"job.id": stored.event.job_id, "sse.event_id": stored.seq},
+        )
     return ServerSentEvent(
         data=ResultResponse.from_stored(stored).model_dump_json(), event="result", id=str(stored.seq)
     )

@@ -18,6 +18,8 @@ from pipeline_core.settings import PipelineSettings
 from pipeline_core.topics import ensure_topics, pipeline_topics
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     from docker_local.deploy import Deployment
 
 
@@ -143,6 +145,27 @@ def pipeline_settings(kafka_bootstrap: str) -> PipelineSettings:
     finally:
         admin.close()
     return settings
+
+
+@pytest.fixture
+def memory_spans() -> Iterator[InMemorySpanExporter]:
+    """The pipeline's spans during this test (in this process), kept by the OpenTelemetry SDK's in-memory
+    exporter; afterwards the pipeline's spans are no-ops again, as they are by default."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from pipeline_core import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.use_provider(None)
+        provider.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -57,8 +57,8 @@ def test_record_without_schema_header_is_refused() -> None:
 
 def test_newer_version_of_the_same_event_is_a_version_error() -> None:
     _key, value, _headers = encode_prediction(PredictionEvent(job_id="j", status="failed", error="x"))
-    with pytest.raises(SchemaVersionError, match="prediction/2"):
-        decode_prediction(value, [("schema", b"prediction/2")])
+    with pytest.raises(SchemaVersionError, match="prediction/3"):
+        decode_prediction(value, [("schema", b"prediction/3")])
 
 
 def test_an_event_of_another_type_is_refused() -> None:

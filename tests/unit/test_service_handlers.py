@@ -115,7 +115,7 @@ def test_sink_handler_stores_once_and_dead_letters_what_it_cannot_read_without_e
     broker.append(settings.topic_predictions, 0, issued.encode(), b"{broken", [("schema", b"prediction/1")])
     newer = PredictionEvent(job_id=issued, status="done", label="espresso", score=0.9).model_dump_json()
     broker.append(
-        settings.topic_predictions, 0, issued.encode(), newer.encode(), [("schema", b"prediction/2")]
+        settings.topic_predictions, 0, issued.encode(), newer.encode(), [("schema", b"prediction/3")]
     )
     broker.append(
         settings.topic_predictions, 0, *encode_prediction(done.model_copy(update={"job_id": issued}))
@@ -141,5 +141,5 @@ def test_sink_handler_stores_once_and_dead_letters_what_it_cannot_read_without_e
     assert [dict(r.headers)["dead-letter-source"] for r in broker.read(settings.topic_dead_letter)] == [
         f"{settings.topic_predictions}[0]@2".encode(),
         f"{settings.topic_predictions}[0]@3".encode(),
-    ], "kept for replay, e.g. by a sink that reads prediction/2"
+    ], "kept for replay, e.g. by a sink that reads prediction/3"
     store.close()
