@@ -166,6 +166,29 @@ class Deployment:
             timeout_s=timeout_s + 60,
         )
 
+    def start_profile(self, profile: str, timeout_s: float = UP_TIMEOUT_S, **settings: str) -> None:
+        """Start the service a compose profile names (`shadow`, `canary`) beside the running ones, with these
+        settings added to the env file, and wait until it is healthy."""
+        self.settings = self.settings | settings
+        self.write_env_file()
+        self.compose(
+            "--profile",
+            profile,
+            "up",
+            "--detach",
+            "--no-build",
+            "--no-recreate",
+            "--wait",
+            "--wait-timeout",
+            str(int(timeout_s)),
+            profile,
+            timeout_s=timeout_s + 60,
+        )
+
+    def stop_profile(self, profile: str) -> None:
+        """Stop and remove the service of a compose profile (graceful: SIGTERM, then its stop grace period)."""
+        self.compose("--profile", profile, "rm", "--stop", "--force", profile, timeout_s=300)
+
     def containers(self, service: str | None = None) -> list[dict[str, Any]]:
         """`docker inspect` of this project's containers (of one service), stopped ones included."""
         ids = self.compose("ps", "--all", "--quiet", *([service] if service else [])).stdout.split()

@@ -72,6 +72,28 @@ def test_docker_compose_loader_accepts_the_file_with_and_without_the_postgres_pr
     assert set(with_postgres["services"]) == {"kafka", "api", "sink", "inference", "postgres"}
 
 
+def test_the_shadow_and_canary_profiles_run_the_candidate_as_the_rollout_needs(
+    compose_load: ComposeLoad,
+) -> None:
+    env = {"JOB_ID_SECRET": SECRET, "SHADOW_MODEL_NAME": "efficientnet-lite2"}
+    services = compose_project(compose_load, env, "shadow", "canary")["services"]
+    assert set(services) == {"kafka", "api", "sink", "inference", "shadow", "canary"}
+    cache = parse_dockerfile(DOCKERFILES["inference"]).final_env["MODEL_CACHE_DIR"]
+    for name in ("shadow", "canary"):
+        service = services[name]
+        assert service["image"] == services["inference"]["image"], name
+        assert service["environment"]["MODEL_NAME"] == "efficientnet-lite2", name
+        # A size the image did not convert is converted at start onto the volume: it must be the cache's path.
+        assert [v["target"] for v in service["volumes"]] == [cache], name
+        assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+    # The shadow in a group of its own; the canary a member of the primary's (no role: primary).
+    assert services["shadow"]["environment"]["INFERENCE_ROLE"] == "shadow"
+    assert "INFERENCE_ROLE" not in services["canary"]["environment"]
+    assert set(compose_project(compose_load, {"JOB_ID_SECRET": SECRET})["services"]).isdisjoint(
+        {"shadow", "canary"}
+    )
+
+
 def test_job_id_secret_is_required_with_a_message(compose_load: ComposeLoad) -> None:
     result = compose_load({})
     assert result.returncode != 0

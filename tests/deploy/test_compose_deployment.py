@@ -167,3 +167,60 @@ def test_scaling_to_three_consumers_rebalances_the_partitions_and_each_image_is_
     finally:
         compose_deployment.scale_inference(2)
     _wait_until_healthy(compose_deployment, "inference", 2)
+
+
+def test_a_shadow_and_a_canary_of_the_candidate_run_in_compose(
+    compose_deployment: Deployment, photos: dict[str, bytes]
+) -> None:
+    """`COMPOSE_PROFILES=shadow` / `canary` with SHADOW_MODEL_NAME: the candidate, converted at its first start
+    on its volume, answers every image beside the primary (shadow), then the images of the partitions it holds as
+    a member of the primary's group (canary); each image once on the predictions topic."""
+    candidate = "efficientnet-lite1"
+    deployment = compose_deployment
+    deployment.start_profile("shadow", SHADOW_MODEL_NAME=candidate)
+    try:
+        _wait_until_healthy(deployment, "shadow", 1, timeout_s=300)
+        jobs = _upload_load(deployment, photos["coffee"], requests=1)
+        deadline = time.monotonic() + 300  # a new shadow group starts at the topic's beginning
+        results: dict[str, Any] = {}
+        with httpx.Client(base_url=deployment.sink_url, timeout=10) as client:
+            while len(results) < len(jobs) and time.monotonic() < deadline:
+                for job in jobs:
+                    body = client.get(f"/v1/results/{job['id']}").json()
+                    if body.get("shadow"):
+                        results[job["id"]] = body
+                time.sleep(1)
+            report = client.get("/v1/models").json()
+        assert len(results) == len(jobs), "the shadow answered every image"
+        for body in results.values():
+            assert (
+                body["model"]["name"] == "efficientnet-lite0" and body["shadow"]["model"]["name"] == candidate
+            )
+        assert {m["role"] for m in report["models"]} == {"primary", "shadow"}, report
+    finally:
+        deployment.stop_profile("shadow")
+
+    deployment.start_profile("canary", SHADOW_MODEL_NAME=candidate)
+    try:
+        _wait_until_healthy(deployment, "canary", 1, timeout_s=300)
+        deadline = time.monotonic() + 90
+        while (len(members := _group_partitions(deployment)) != 3 or not all(members)) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(1)
+        assert len(members) == 3 and all(members), members
+        jobs = _upload_load(deployment, photos["coffee"], requests=3)
+        ids = {job["id"] for job in jobs}
+        streamed = {
+            str(r["id"]): r for _e, r in stream_results(deployment.sink_url, sorted(ids), timeout_s=300)
+        }
+        assert set(streamed) == ids
+        models = {r["model"]["name"] for r in streamed.values()}  # type: ignore[index]
+        assert models == {"efficientnet-lite0", candidate}, (
+            "the canary answered its share, the primary the rest"
+        )
+        counts = predictions_on_topic(deployment.pipeline_settings(), ids)
+        assert lost_and_duplicated(counts, ids) == (0, 0)
+    finally:
+        deployment.stop_profile("canary")
+    _wait_until_healthy(deployment, "inference", 2)

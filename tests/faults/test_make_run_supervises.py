@@ -129,31 +129,41 @@ def test_kill_9_of_a_consumer_under_make_run_is_restarted_and_every_image_is_pre
     )
 
 
-@pytest.mark.extra_env({"SHADOW_MODEL_NAME": "efficientnet-lite1", "INFERENCE_CONSUMERS": "1"})
-def test_make_promote_under_make_run_makes_the_shadow_the_primary(
+@pytest.mark.extra_env(
+    {"SHADOW_MODEL_NAME": "efficientnet-lite1", "INFERENCE_CONSUMERS": "1", "CANARY_CONSUMERS": "1"}
+)
+def test_a_canary_under_make_run_then_make_promote_makes_the_candidate_the_primary(
     launched: tuple[subprocess.Popen[bytes], dict[str, str]], photos: dict[str, bytes], output_dir: Path
 ) -> None:
-    """`SHADOW_MODEL_NAME=... make run`, then `make promote`: the running launcher replaces its primary consumer
-    by one of the shadow's model and stops the shadow; the next uploads are answered by the candidate."""
+    """`SHADOW_MODEL_NAME=... CANARY_CONSUMERS=1 make run`: a primary consumer, a canary and a shadow; the
+    candidate answers a share of the uploads. Then `make promote`: the running launcher replaces its primary
+    consumer by one of the candidate and stops the shadow; the canary stays, and every upload is the
+    candidate's."""
     launcher, env = launched
     api, sink = f"http://127.0.0.1:{env['API_PORT']}", f"http://127.0.0.1:{env['SINK_PORT']}"
     wait_for(lambda: ready(f"{api}/readyz") and ready(f"{sink}/readyz"), "make run ready")
-    wait_for(lambda: len(consumers_of(launcher)) == 2, "the primary and the shadow consumer running")
+    wait_for(
+        lambda: len(consumers_of(launcher)) == 3, "the primary, the canary and the shadow consumer running"
+    )
+    models = sorted(c.environ().get("MODEL_NAME", "") for c in consumers_of(launcher))
+    assert models == ["", "efficientnet-lite1", "efficientnet-lite1"], "MODEL_NAME unset: the default, Lite0"
     with httpx.Client(base_url=api, timeout=30) as client:
-        (before,) = upload(client, {"before.jpg": photos["coffee"]})
-        assert wait_by_polling(client, before["result_url"])["model"]["name"] == "efficientnet-lite0"  # type: ignore[index]
+        before = upload(client, {f"before-{n}.jpg": photos["coffee"] for n in range(12)})
+        answered = {wait_by_polling(client, job["result_url"])["model"]["name"] for job in before}  # type: ignore[index]
+        assert answered == {"efficientnet-lite0", "efficientnet-lite1"}, "the canary answered a share"
 
         make = ["make", "--no-print-directory", "promote"]
         subprocess.run(make, cwd=REPO, env=env, check=True, timeout=30)
         wait_for(
             lambda: (
-                len(consumers_of(launcher)) == 1
+                len(consumers_of(launcher)) == 2
                 and all(c.environ().get("MODEL_NAME") == "efficientnet-lite1" for c in consumers_of(launcher))
             ),
-            "one consumer left, running the candidate",
+            "the shadow stopped, both members of the primary's group running the candidate",
             timeout_s=180,
         )
-        (after,) = upload(client, {"after.jpg": photos["coffee"]})
-        result = wait_by_polling(client, after["result_url"])
-        assert result["model"]["name"] == "efficientnet-lite1" and result["label"] == "espresso"  # type: ignore[index]
+        after = upload(client, {f"after-{n}.jpg": photos["coffee"] for n in range(6)})
+        for job in after:
+            result = wait_by_polling(client, job["result_url"])
+            assert result["model"]["name"] == "efficientnet-lite1" and result["label"] == "espresso"  # type: ignore[index]
     assert launcher.poll() is None, "make run keeps running"
