@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 TRACER_NAME = "image_classifier"
 TRACE_HEADERS = ("traceparent", "tracestate")
-# A traceparent is 55 characters; a tracestate at most 32 entries of 256. Anything longer is not read.
+# A traceparent is 55 characters. The spec lets a tracestate grow to 32 entries of 256, but 512 bytes hold a few
+# vendors' entries; a longer one is dropped (its traceparent still read), so no header costs more than that.
 _MAX_HEADER_BYTES = 512
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -72,9 +73,8 @@ def configure_tracing(settings: PipelineSettings, service: str) -> None:
     if settings.tracing_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = (
-            OTLPSpanExporter()
-        )  # endpoint, headers and timeout from the standard OTEL_EXPORTER_OTLP_* vars
+        # Endpoint, headers, timeout and compression from the standard OTEL_EXPORTER_OTLP_* variables.
+        exporter = OTLPSpanExporter()
     else:
         exporter = ConsoleSpanExporter()
     sdk_provider = TracerProvider(
@@ -88,8 +88,7 @@ def configure_tracing(settings: PipelineSettings, service: str) -> None:
     trace.set_tracer_provider(sdk_provider)  # also for libraries that trace on their own
     use_provider(sdk_provider)
     logger.info(
-        "tracing: %s spans of %s exported (%s), sampled at %.0f%%",
-        service,
+        "tracing: the spans of %s exported (%s), sampled at %.0f%%",
         service,
         settings.tracing_exporter,
         settings.tracing_sample_ratio * 100,
