@@ -8,6 +8,7 @@ the broker-side questions (readable, committed). Fencing and zombies are in test
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -27,11 +28,13 @@ class Listener:
         self.assigned: set[TopicPartition] = set()
         self.revoked: list[set[TopicPartition]] = []
 
+    # Called on the member's polling thread and read on the test's: each change makes a new set, never
+    # mutating one that may be being read.
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        self.assigned |= partitions
+        self.assigned = self.assigned | partitions
 
     def on_revoked(self, partitions: set[TopicPartition]) -> None:
-        self.assigned -= partitions
+        self.assigned = self.assigned - partitions
         self.revoked.append(set(partitions))
 
 
@@ -46,12 +49,33 @@ def poll_until(
 
 
 def wait_for(condition: Callable[[], bool], consumers: list[ConsumerClient], timeout_s: float = 45) -> None:
-    """Poll every consumer (membership moves only while they poll) until `condition` holds."""
+    """Poll every consumer, each on a thread of its own as real members do, until `condition` holds (which must
+    not call the consumers: confluent-kafka's wait for the poll in hand).
+
+    Membership moves only while a member polls, and a kafka-python member's poll may wait inside a rebalance
+    for the others to rejoin: polled in turns from one thread, the other cannot, and the group rebalanced in a
+    loop (seen in CI)."""
+    stop = threading.Event()
+    unexpected: list[int] = []
+
+    def poll(consumer: ConsumerClient) -> None:
+        while not stop.is_set():
+            unexpected.extend(len(r.value or b"") for r in consumer.poll(0.2, 1))
+
+    threads = [threading.Thread(target=poll, args=(c,), daemon=True) for c in consumers]
+    for thread in threads:
+        thread.start()
     deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        for c in consumers:
-            c.poll(0.2, 1) and pytest.fail("no record was expected here")
+    try:
+        while not condition() and time.monotonic() < deadline and not unexpected:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not any(t.is_alive() for t in threads), "a member's poll did not return"
+    assert not unexpected, "no record was expected here"
+    assert condition(), "timed out"
 
 
 def send_all(settings: PipelineSettings, records: list[OutRecord]) -> None:
@@ -243,8 +267,9 @@ def test_a_poll_returns_as_soon_as_a_record_is_there_not_when_the_batch_is_full(
     client_settings: PipelineSettings,
 ) -> None:
     s = client_settings
-    consumer = joined(s, s.consumer_group_inference)
-    wait_for(lambda: bool(consumer.assignment()), [consumer])
+    heard = Listener()
+    consumer = joined(s, s.consumer_group_inference, heard)
+    wait_for(lambda: bool(heard.assigned), [consumer])
     send_all(s, [OutRecord(s.topic_images, None, b"alone")])
     timeout_s = 10.0
     started = time.monotonic()
