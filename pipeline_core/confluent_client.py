@@ -250,6 +250,10 @@ class ConfluentConsumer:
         self._lag_committed_failed_at = -math.inf
         self._subscribed = False
         self._revoked_in_poll: set[TopicPartition] = set()
+        # Seeks that must happen before the next fetch is handed over: a rewind of messages this client took
+        # from librdkafka but did not hand over, which failed when tried (see `_seek_or_defer`).
+        self._pending_seeks: dict[TopicPartition, int] = {}
+        self._listener_error: BaseException | None = None
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         self._subscribed = True
@@ -257,17 +261,30 @@ class ConfluentConsumer:
         def assigned(_consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
             for tp in _ours(partitions):
                 self._sought.pop(tp, None)
-            listener.on_assigned(_ours(partitions))
+            self._call_listener(listener.on_assigned, _ours(partitions))
 
         def revoked(_consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
             for tp in _ours(partitions):
                 self._sought.pop(tp, None)
+                self._pending_seeks.pop(tp, None)  # its next owner starts from the committed offset
             self._revoked_in_poll |= _ours(partitions)
-            listener.on_revoked(_ours(partitions))
+            self._call_listener(listener.on_revoked, _ours(partitions))
 
         # A lost assignment (the member was evicted) is a revocation for the runtime: nothing in hand is
         # committed under it, whatever the next owner does.
         self._consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+
+    def _call_listener(
+        self, callback: Callable[[set[TopicPartition]], None], partitions: set[TopicPartition]
+    ) -> None:
+        """A rebalance callback runs inside librdkafka's poll or consume; if it raised there, confluent-kafka
+        would destroy the messages that call had taken, past which librdkafka's position already is: they would
+        never be read. So the error is kept, and raised by `poll` once those messages are sought back."""
+        try:
+            callback(partitions)
+        except BaseException as e:
+            logger.error("rebalance listener failed: %s", e)
+            self._listener_error = self._listener_error or e
 
     def topics_known(self, topics: Sequence[str]) -> bool:
         if not self._subscribed:
@@ -285,6 +302,7 @@ class ConfluentConsumer:
 
     def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]:
         self._errors.raise_pending()
+        self._seek_pending()
         self._revoked_in_poll.clear()
         try:
             # consume(n, timeout) waits until it has n messages or the timeout passed: at a light load every
@@ -303,6 +321,10 @@ class ConfluentConsumer:
             self._errors.succeeded()
         if self._revoked_in_poll:
             messages = self._drop_revoked(messages)
+        if self._listener_error is not None:
+            failed, self._listener_error = self._listener_error, None
+            self._rewind([], messages)
+            raise failed
         records: list[RawRecord] = []
         for n, m in enumerate(messages):
             try:
@@ -348,7 +370,7 @@ class ConfluentConsumer:
                     logger.info(
                         "%s[%d]: assigned again within one poll; reading it again from %d", *tp, offset
                     )
-                    self.seek(tp, offset)
+                    self._seek_or_defer(tp, offset)
         return kept
 
     def _rewind(self, records: list[RawRecord], messages: Sequence[Message]) -> None:
@@ -359,7 +381,25 @@ class ConfluentConsumer:
         ]
         first = first_offsets([*records, *unread])
         for tp, offset in first.items():
+            self._seek_or_defer(tp, offset)
+
+    def _seek_or_defer(self, tp: TopicPartition, offset: int) -> None:
+        """Seek back to messages taken from librdkafka and not handed over (its position is past them). If the
+        seek fails now (a partition not fetching yet: `_STATE`), it is tried again before the next poll hands
+        anything over, which fails until it succeeds: raising here instead would lose the messages of the other
+        partitions that this poll does hand over, and skipping it would lose these."""
+        try:
             self.seek(tp, offset)
+        except PipelineError as e:
+            logger.info(
+                "%s[%d]: not sought back to %d yet (%s); trying again before the next poll", *tp, offset, e
+            )
+            self._pending_seeks[tp] = min(offset, self._pending_seeks.get(tp, offset))
+
+    def _seek_pending(self) -> None:
+        for tp, offset in sorted(self._pending_seeks.items()):
+            self.seek(tp, offset)  # raises while it cannot be done, and the runtime retries the poll
+            self._pending_seeks.pop(tp, None)
 
     def _positions(
         self,

@@ -190,6 +190,7 @@ class ConsumerRuntime:
         self._failures = 0  # consecutive failed attempts at the batch in hand
         self._poisoned: dict[tuple[str, int, int], str] = {}  # records whose outputs the broker refused
         self._rewind_pending: set[TopicPartition] = set()
+        self._rewind_failing_since: float | None = None  # since when rewinding to the committed offsets fails
         self._empty_since: float | None = None  # since when polls have returned nothing
         self._stalled_checks = 0
         self._unanswered_checks = 0
@@ -336,8 +337,12 @@ class ConsumerRuntime:
         except PipelineError as e:
             if not e.retriable:
                 raise
-            self._pause(e, "polling" if self._producer is not None else "replacing the producer")
+            if self._producer is not None and self._rewind_pending and self._rewind_stuck():
+                return
+            doing = "polling" if self._producer is not None else "replacing the producer"
+            self._pause(e, "rewinding to the committed offsets" if self._rewind_pending else doing)
             return
+        self._rewind_failing_since = None
         self.last_poll = time.monotonic()
         if not records:
             self._committer.maybe_commit()
@@ -686,6 +691,30 @@ class ConsumerRuntime:
         self._rewind_pending.clear()
         self._unanswered_checks = 0
         self._connect_consumer()
+
+    def _rewind_stuck(self) -> bool:
+        """The committed offsets to rewind to could not be read (the turn fails before it polls): the member
+        must not poll past its failed batch, and without polling it would not even hear that its partitions
+        moved. After `stall_check_s` of failed attempts it is replaced: the new consumer rejoins the group and
+        starts each partition it is given from the committed offset (librdkafka and kafka-python read it with
+        retries of their own). Returns True when the consumer was replaced."""
+        now = time.monotonic()
+        if self._rewind_failing_since is None:
+            self._rewind_failing_since = now
+            return False
+        if now - self._rewind_failing_since < self.config.stall_check_s:
+            return False
+        logger.warning(
+            "%s: the committed offsets of %s could not be read for %.0f s; replacing the consumer (it rejoins the "
+            "group and starts from them)",
+            self.config.role,
+            partition_names(self._rewind_pending),
+            now - self._rewind_failing_since,
+        )
+        self._rewind_failing_since = None
+        self.stats.retries += 1
+        self._replace_consumer()
+        return True
 
     def _rewind_to_committed(self, consumer: ConsumerClient) -> None:
         partitions = self._rewind_pending & set(self._assignment)

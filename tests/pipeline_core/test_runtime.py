@@ -294,6 +294,46 @@ def test_a_failed_transaction_leaves_nothing_twice_whether_or_not_it_reached_the
     assert made["producers"][0].closed
 
 
+def test_a_member_that_cannot_read_its_committed_offsets_after_a_failed_transaction_is_replaced() -> None:
+    """After a failed transaction the member must rewind to the committed offsets before it polls again; if the
+    brokers never answer that question, it would neither poll nor hear that its partitions moved. After
+    `stall_check_s` of failed attempts the consumer is replaced, and the new one starts from the committed
+    offsets: nothing lost, nothing twice."""
+    broker = FakeBroker(partitions=1)
+    feed(broker, [b"a", b"b", b"c"])
+    runtime, made = make_runtime(broker, EchoHandler(), exactly_once=True, max_records=2)
+    runtime.config = dataclasses.replace(runtime.config, stall_check_s=0.05)
+    make_consumer = runtime._consumer_factory
+
+    def first_cannot_read_committed() -> Any:
+        consumer = make_consumer()
+        if len(made["consumers"]) == 1:  # the first one made
+
+            def unanswered(partitions: Any) -> Any:
+                raise BrokerUnavailableError("reading committed offsets: timed out")
+
+            consumer.committed = unanswered
+        return consumer
+
+    runtime._consumer_factory = first_cannot_read_committed
+    original = FakeProducer.commit_transaction
+    calls = {"n": 0}
+
+    def fail_first(self: FakeProducer, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            self.fail_commits = 1
+        original(self, *args)
+
+    FakeProducer.commit_transaction = fail_first  # type: ignore[method-assign]
+    try:
+        run_until(runtime, lambda: committed_all(broker))
+    finally:
+        FakeProducer.commit_transaction = original  # type: ignore[method-assign]
+    assert len(made["consumers"]) == 2 and made["consumers"][0].closed, "the stuck member was replaced"
+    assert [r.value for r in broker.read(OUT)] == [b"A", b"B", b"C"], "no output twice, none lost"
+
+
 def test_polls_that_fail_while_the_broker_is_away_are_retried() -> None:
     broker = FakeBroker(partitions=1)
     feed(broker, [b"a"])
