@@ -178,6 +178,23 @@ def pause_report(load: Load, window: tuple[float, float]) -> str:
     )
 
 
+def where_lost(system: System, lost: set[str]) -> str:
+    """Where the lost jobs stopped, for the failure message (CI shows it, not the system's log): their
+    predictions on the topic or not, and the services' warnings."""
+    on_topic = predictions_on_topic(system.settings(), lost, timeout_s=20)
+    log = REPO / "test-output" / "secured-cluster-system.log"
+    warnings = [
+        line.strip()[:300]
+        for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
+        if any(level in line for level in (" WARNING ", " ERROR ", " CRITICAL "))
+        and "librdkafka" not in line
+        and "Connect to" not in line
+    ]
+    return f"{len(set(on_topic) & lost)} of them on the predictions topic; the services' last warnings: " + (
+        " | ".join(warnings[-12:]) or "none"
+    )
+
+
 def check_nothing_lost_or_doubled(system: System, load: Load) -> None:
     ids = load.accepted
     assert ids, "no upload was accepted"
@@ -188,7 +205,10 @@ def check_nothing_lost_or_doubled(system: System, load: Load) -> None:
     while late - set(stored_results(system)) and time.monotonic() < deadline:
         time.sleep(0.5)
     lost = late - set(stored_results(system))
-    assert not lost, f"{len(lost)} accepted uploads have no result {LATE_RESULT_S} s after the load"
+    assert not lost, (
+        f"{len(lost)} accepted uploads have no result {LATE_RESULT_S} s after the load; "
+        + where_lost(system, lost)
+    )
     if late:
         print(f"\n{len(late)} results came after the stream's {STREAM_TIMEOUT_S} s", end="")
     assert not load.errors, load.errors[:3]
