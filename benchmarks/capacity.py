@@ -54,7 +54,9 @@ class Assumptions:
     images_consumer_groups: int = 1  # the inference group
     predictions_consumer_groups: int = 1  # the sink replicas share one group
     images_per_upload: int = 4  # as in the benchmark: one SSE stream per upload
-    inference_batch: int = _default(ConsumerSettings, "batch_max_size")  # a full poll at saturation
+    inference_batch: int = _default(ConsumerSettings, "batch_max_size")  # one model call, full at saturation
+    # One poll, and one transaction, at saturation: POLL_MAX_IMAGES (the model calls it holds are inference_batch).
+    inference_poll: int = _default(ConsumerSettings, "poll_max_images")
     sink_batch: int = 16  # the store figures used for the sink's own writes (measured at 1, 16, 100)
     nic_bytes_per_s: float = 1.25e9  # 10 Gbit/s per broker, each direction
     partition_bytes_per_s: float = 10e6  # what one partition is planned to take in
@@ -257,12 +259,12 @@ def measured_requests_per_image(m: Measured, a: Assumptions) -> dict[str, float]
     """The same model at the measured configuration: one broker, the sink polling one transaction's
     predictions at a time, committing every COMMIT_INTERVAL_MS."""
     commits = 1 / (COMMIT_INTERVAL_S * m.level_images_per_s)
-    return requests_per_image(1, a.inference_batch, a.images_per_upload, a.inference_batch, commits)
+    return requests_per_image(1, a.inference_poll, a.images_per_upload, a.inference_poll, commits)
 
 
 def at_least_once_requests_per_image(a: Assumptions) -> float:
     """The model for the configuration whose requests were counted once (at-least-once, a commit after every
-    batch, one broker): a check of the model against a measurement."""
+    batch, one broker): a check of the model against a measurement. Polls were model calls then."""
     api = 1 / a.images_per_upload
     inference = (1 + 1 + 1) / a.inference_batch  # fetch, produce, commit
     sink = (1 + 1) / a.inference_batch  # fetch, commit, per transaction's worth of predictions
@@ -452,7 +454,7 @@ def plan(rate: float, m: Measured, a: Assumptions, *, by_reference: bool = False
     commits = replicas / (COMMIT_INTERVAL_S * rate)
     for _ in range(4):  # the request count settles once there are at least a batch's worth of brokers
         p.requests = requests_per_image(
-            p.brokers, a.inference_batch, a.images_per_upload, a.sink_batch, commits
+            p.brokers, a.inference_poll, a.images_per_upload, a.sink_batch, commits
         )
         scale = max(p.requests["total"] / baseline, flow.handled / measured_flow.handled)
         p.cpu_ms["broker"] = m.cpu_ms["broker"] * scale
@@ -969,7 +971,11 @@ def render_page(m: Measured, a: Assumptions) -> str:
                     f"{a.images_consumer_groups} / {a.predictions_consumer_groups}",
                 ],
                 ["images per upload (one SSE stream each)", str(a.images_per_upload)],
-                ["inference batch (BATCH_MAX_SIZE, full at saturation)", str(a.inference_batch)],
+                ["inference model call (BATCH_MAX_SIZE, full at saturation)", str(a.inference_batch)],
+                [
+                    "inference poll and transaction (POLL_MAX_IMAGES, full at saturation)",
+                    str(a.inference_poll),
+                ],
                 ["sink batch at scale (which store figures are used)", str(a.sink_batch)],
                 ["broker network", f"{_bytes(a.nic_bytes_per_s)}/s each way (10 Gbit/s)"],
                 ["broker disk", f"{_bytes(a.broker_disk_bytes)} usable"],

@@ -41,6 +41,16 @@ class ConsumerSettings(PipelineSettings):
         description="Most images one poll returns and one model call classifies. LiteRT spends ~10% more CPU "
         "per image at batch 16 than at 4 here (docs/benchmarks/pipeline.md), and small batches keep latency low.",
     )
+    poll_max_images: int = Field(
+        4,
+        ge=1,
+        le=512,
+        description="Most images one poll takes and one checkpoint covers (with exactly-once, one transaction); "
+        "they are classified in model calls of up to BATCH_MAX_SIZE (never fewer than that). More per poll means "
+        "fewer transactions per image, but 16 against 4 saved no broker CPU measurably here and once let "
+        "admission shed half the closed-loop load (docs/benchmarks.md, 2026-12-03), so the default is one model "
+        "call per checkpoint.",
+    )
     batch_max_wait_ms: int = Field(
         500,
         ge=0,

@@ -52,7 +52,16 @@ class InferenceHandler:
         self.classifier = classifier
 
     def handle(self, batch: Sequence[Record[ImageEvent]]) -> list[OutRecord | Failed]:
-        """One prediction record per image (`Failed` for an image that cannot be decoded)."""
+        """One prediction record per image (`Failed` for an image that cannot be decoded), in model calls of
+        up to BATCH_MAX_SIZE images."""
+        size = self.settings.batch_max_size
+        return [
+            output
+            for start in range(0, len(batch), size)
+            for output in self._call(batch[start : start + size])
+        ]
+
+    def _call(self, batch: Sequence[Record[ImageEvent]]) -> list[OutRecord | Failed]:
         dequeued_at = time.time()
         result = self.classifier.classify_batch([r.value.image for r in batch], top_k=self.settings.top_k)
         predicted_at = time.time()
@@ -250,7 +259,7 @@ class InferenceWorker:
             decoders={s.topic_images: decode_image_record},
             exactly_once=s.processing_guarantee == "exactly-once",
             dead_letter_topic=s.dead_letter_topic,
-            max_records=s.batch_max_size,
+            max_records=max(s.batch_max_size, s.poll_max_images),
             poll_timeout_s=s.batch_max_wait_ms / 1000,
             shutdown_grace_s=s.shutdown_grace_s,
         )
@@ -279,12 +288,14 @@ class InferenceWorker:
         """Join the group and classify until `stop()`; raises what the runtime cannot survive."""
         c = self.classifier
         logger.info(
-            "%s model %s %s on %s, batches of up to %d, group %s -> %s",
+            "%s model %s %s on %s, model calls of up to %d images, polls and checkpoints of up to %d, "
+            "group %s -> %s",
             self.settings.inference_role,
             c.model_name,
             c.model_version,
             c.runtime,
             self.settings.batch_max_size,
+            max(self.settings.batch_max_size, self.settings.poll_max_images),
             self.settings.group_id,
             self.settings.predictions_topic,
         )

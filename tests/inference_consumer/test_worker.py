@@ -100,6 +100,41 @@ def test_photos_are_classified_and_published_with_timings(
     assert worker.runtime.stats.records == len(jobs)
 
 
+def test_a_poll_of_many_images_is_one_checkpoint_classified_in_model_calls_of_batch_max_size(
+    pipeline_settings: PipelineSettings,
+    litert_classifier: ImageClassifier,
+    photos: dict[str, bytes],
+    expected_labels: dict[str, set[str]],
+) -> None:
+    """POLL_MAX_IMAGES sets what one checkpoint (transaction) covers, BATCH_MAX_SIZE what one model call takes:
+    the images queued before the worker starts come in polls of up to 12, each a few calls of up to 3."""
+    settings = consumer_settings(
+        pipeline_settings, batch_max_size=3, poll_max_images=12, processing_guarantee="exactly-once"
+    )
+    jobs = {f"{name}-{n}": photos[name] for name in expected_labels for n in range(8)}
+    publish_images(settings, jobs)
+    calls: list[int] = []
+    classify_batch = litert_classifier.classify_batch
+
+    def counted(images: list[bytes], top_k: int = 5) -> object:
+        calls.append(len(images))
+        return classify_batch(images, top_k)
+
+    worker = InferenceWorker(settings, litert_classifier)
+    litert_classifier.classify_batch = counted  # type: ignore[method-assign,assignment]
+    try:
+        with running(worker):
+            results = predictions(settings, len(jobs))
+    finally:
+        del litert_classifier.classify_batch  # the shared fixture's own method again
+    assert set(results) == set(jobs)
+    assert all(e.label in expected_labels[j.rsplit("-", 1)[0]] for j, e in results.items())
+    assert max(calls) <= 3 and sum(calls) == len(jobs), calls
+    assert max(e.timings.batch_size for e in results.values() if e.timings) <= 3
+    batches = worker.runtime.stats.batches
+    assert batches < len(calls), f"{batches} checkpoints for {len(calls)} model calls: polls held several"
+
+
 def test_undecodable_image_gives_a_failed_result_and_a_dead_letter_and_the_partition_moves_on(
     pipeline_settings: PipelineSettings, litert_classifier: ImageClassifier, photos: dict[str, bytes]
 ) -> None:

@@ -21,6 +21,7 @@ A = Assumptions(
     replication_factor=3,
     images_per_upload=4,
     inference_batch=4,
+    inference_poll=4,
     sink_batch=16,
     nic_bytes_per_s=1e9,
     partition_bytes_per_s=10e6,
