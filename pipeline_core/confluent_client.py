@@ -321,6 +321,10 @@ class ConfluentConsumer:
             self._errors.succeeded()
         if self._revoked_in_poll:
             messages = self._drop_revoked(messages)
+        if (
+            self._pending_seeks
+        ):  # not sought back yet: what came of those partitions comes again after the seek
+            messages = [m for m in messages if (m.topic(), m.partition()) not in self._pending_seeks]
         if self._listener_error is not None:
             failed, self._listener_error = self._listener_error, None
             self._rewind([], messages)
@@ -385,9 +389,11 @@ class ConfluentConsumer:
 
     def _seek_or_defer(self, tp: TopicPartition, offset: int) -> None:
         """Seek back to messages taken from librdkafka and not handed over (its position is past them). If the
-        seek fails now (a partition not fetching yet: `_STATE`), it is tried again before the next poll hands
-        anything over, which fails until it succeeds: raising here instead would lose the messages of the other
-        partitions that this poll does hand over, and skipping it would lose these."""
+        seek fails now (a partition not fetching yet: `_STATE`), it is tried again at each poll, which meanwhile
+        hands over nothing of that partition: raising here instead would lose the messages of the other
+        partitions that this poll does hand over, and skipping it would lose these. The polls go on, so the
+        member still takes part in rebalances (a revocation drops the pending seek: the next owner starts
+        from the committed offset)."""
         try:
             self.seek(tp, offset)
         except PipelineError as e:
@@ -398,7 +404,11 @@ class ConfluentConsumer:
 
     def _seek_pending(self) -> None:
         for tp, offset in sorted(self._pending_seeks.items()):
-            self.seek(tp, offset)  # raises while it cannot be done, and the runtime retries the poll
+            try:
+                self.seek(tp, offset)
+            except PipelineError as e:
+                logger.debug("%s[%d] still not sought back to %d: %s", *tp, offset, e)
+                continue
             self._pending_seeks.pop(tp, None)
 
     def _positions(

@@ -267,11 +267,9 @@ def test_a_seek_refused_while_rewinding_a_batch_rewinds_to_the_committed_offset_
     assert sorted(set(r.value for r in broker.read(OUT))) == [b"A", b"B"], "nothing lost"
 
 
-@pytest.mark.parametrize("failure", ["fail_commits", "lose_commit_answers"], ids=["aborted", "answer-lost"])
-def test_a_failed_transaction_leaves_nothing_twice_whether_or_not_it_reached_the_broker(failure: str) -> None:
-    broker = FakeBroker(partitions=1)
-    feed(broker, [b"a", b"b", b"c"])
-    runtime, made = make_runtime(broker, EchoHandler(), exactly_once=True, max_records=2)
+def run_with_first_commit_failing(runtime: ConsumerRuntime, broker: FakeBroker, failure: str) -> None:
+    """Run until everything is committed, the first transaction's commit failing as `failure` says (aborted,
+    `fail_commits`, or gone through with its answer lost, `lose_commit_answers`)."""
     original = FakeProducer.commit_transaction
     calls = {"n": 0}
 
@@ -286,6 +284,14 @@ def test_a_failed_transaction_leaves_nothing_twice_whether_or_not_it_reached_the
         run_until(runtime, lambda: committed_all(broker))
     finally:
         FakeProducer.commit_transaction = original  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("failure", ["fail_commits", "lose_commit_answers"], ids=["aborted", "answer-lost"])
+def test_a_failed_transaction_leaves_nothing_twice_whether_or_not_it_reached_the_broker(failure: str) -> None:
+    broker = FakeBroker(partitions=1)
+    feed(broker, [b"a", b"b", b"c"])
+    runtime, made = make_runtime(broker, EchoHandler(), exactly_once=True, max_records=2)
+    run_with_first_commit_failing(runtime, broker, failure)
     # A commit whose answer was lost did go through: rewinding to the batch's start would do it twice; the
     # runtime rewinds to the committed offsets instead.
     assert [r.value for r in broker.read(OUT)] == [b"A", b"B", b"C"], "no output twice, none lost"
@@ -316,20 +322,7 @@ def test_a_member_that_cannot_read_its_committed_offsets_after_a_failed_transact
         return consumer
 
     runtime._consumer_factory = first_cannot_read_committed
-    original = FakeProducer.commit_transaction
-    calls = {"n": 0}
-
-    def fail_first(self: FakeProducer, *args: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            self.fail_commits = 1
-        original(self, *args)
-
-    FakeProducer.commit_transaction = fail_first  # type: ignore[method-assign]
-    try:
-        run_until(runtime, lambda: committed_all(broker))
-    finally:
-        FakeProducer.commit_transaction = original  # type: ignore[method-assign]
+    run_with_first_commit_failing(runtime, broker, "fail_commits")
     assert len(made["consumers"]) == 2 and made["consumers"][0].closed, "the stuck member was replaced"
     assert [r.value for r in broker.read(OUT)] == [b"A", b"B", b"C"], "no output twice, none lost"
 
