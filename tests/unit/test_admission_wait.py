@@ -121,3 +121,48 @@ def test_the_throughput_is_learnt_only_from_a_backlog_that_keeps_the_consumers_b
     assert math.isnan(gate.throughput)
     gate._learn_throughput(elapsed_s=1.0, done=90, backlog_before=40)
     assert gate.throughput == 90
+
+
+def test_no_estimate_comes_from_less_than_a_second_of_busy_measures() -> None:
+    # A quarter-second measure holds zero or one commit step: taken alone as the first estimate, one consumer's
+    # commit of 4 images read as 16 images/s, and admission held a system at half its capacity.
+    gate = admission()
+    for _ in range(3):
+        gate._learn_throughput(elapsed_s=0.25, done=4, backlog_before=100)
+        assert math.isnan(gate.throughput)
+    gate._learn_throughput(elapsed_s=0.25, done=36, backlog_before=100)
+    assert gate.throughput == pytest.approx(48)
+
+
+def test_at_least_once_finished_work_not_yet_committed_is_not_counted_as_waiting() -> None:
+    # At 100 images/s, committing every 200 ms, the committed offsets trail up to 20 finished images.
+    def gate_for(guarantee: str) -> Admission:
+        gate = admission(
+            max_queue_wait_s=0.5,
+            max_backlog_images=1000,
+            admission_min_backlog=32,
+            processing_guarantee=guarantee,
+            commit_interval_ms=200,
+        )
+        gate._learn_throughput(elapsed_s=1.0, done=100, backlog_before=200)
+        gate.admitted(50)
+        return gate
+
+    at_least_once, exactly_once = gate_for("at-least-once"), gate_for("exactly-once")
+    assert at_least_once.expected_wait_s(4) == pytest.approx(33 / 100)  # 30 waiting, then these 4
+    at_least_once.check(4)
+    assert exactly_once.expected_wait_s(4) == pytest.approx(53 / 100)
+    with pytest.raises(OverloadedError):
+        exactly_once.check(4)
+    at_least_once.admitted(40)  # 70 waiting now: past the limit however the trail is counted
+    with pytest.raises(OverloadedError):
+        at_least_once.check(4)
+
+
+def test_at_least_once_the_throughput_is_learnt_only_when_enough_is_waiting_past_the_commit_trail() -> None:
+    gate = admission(admission_min_backlog=32, processing_guarantee="at-least-once", commit_interval_ms=200)
+    gate._learn_throughput(elapsed_s=1.0, done=100, backlog_before=200)
+    assert gate.throughput == 100
+    for _ in range(200):  # 40 in the backlog, 20 of them finished: the consumers were not all busy
+        gate._learn_throughput(elapsed_s=1.0, done=30, backlog_before=40)
+    assert gate.throughput == 100
