@@ -73,7 +73,7 @@ check: $(STAMP)  ## locks match pyproject.toml, ruff check, ruff format --check,
 test-fast: $(STAMP)  ## unit tests only (no broker, no model; the runtime and handlers on fake clients)
 	$(PY) -m pytest -m "not slow and not broker" tests/pipeline_core tests/launcher tests/unit $(PYTEST_ARGS)
 
-bench: $(STAMP) jars  ## measure the pipeline against the model's own ceiling; writes docs/benchmarks/ (~5 min)
+bench: $(STAMP) jars  ## measure the pipeline against the model's own ceiling; writes docs/benchmarks/ (~6 min)
 	$(PY) -m benchmarks.pipeline_bench
 
 bench-guarantees: $(STAMP) jars  ## what exactly-once costs against at-least-once; writes docs/benchmarks/guarantees.* (~4 min)

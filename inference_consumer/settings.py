@@ -47,9 +47,9 @@ class ConsumerSettings(PipelineSettings):
         le=512,
         description="Most images one poll takes and one checkpoint covers (with exactly-once, one transaction); "
         "they are classified in model calls of up to BATCH_MAX_SIZE (never fewer than that). More per poll means "
-        "fewer transactions per image, but 16 against 4 saved no broker CPU measurably here and once let "
-        "admission shed half the closed-loop load (docs/benchmarks.md, 2026-12-03), so the default is one model "
-        "call per checkpoint.",
+        "fewer transactions per image: 16 against 4 gave 14-19% more saturated throughput and less broker CPU "
+        "per image, but a higher p99 at half load in one of two rounds (docs/benchmarks.md, 2026-12-03), so the "
+        "default stays one model call per checkpoint and 16 is the setting for throughput.",
     )
     batch_max_wait_ms: int = Field(
         500,
