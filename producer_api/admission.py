@@ -91,8 +91,9 @@ class Admission:
         trail finished work by up to that interval's worth of images. Counted as waiting, that trail eats
         into ADMISSION_MIN_BACKLOG and the wait limit, and can hold the consumers below their capacity: in
         `make bench` (2026-12-03) an at-least-once system shed more than it accepted at 45 img/s, half its
-        capacity, with a round trip of 170 ms. The whole interval is taken off, so the error admits up to
-        half an interval more, never less. Exactly-once commits the offsets with each poll's outputs.
+        capacity, with a round trip of 170 ms. The whole interval's worth is taken off, though the trail is
+        half that on average: the error admits up to one interval of work more than the limit says, which
+        MAX_BACKLOG_IMAGES still bounds. Exactly-once commits the offsets with each poll's outputs.
         """
         s = self._settings
         if s.processing_guarantee != "at-least-once" or not self._throughput > 0:
