@@ -1,6 +1,6 @@
 """What each step of the consumer's image path costs, and what the lighter alternatives would save.
 
-`.venv/bin/python -m benchmarks.preprocess_bench` (about a minute): times `preprocess` (the consumer's path from
+`.venv/bin/python -m benchmarks.preprocess_bench` (about 20 s): times `preprocess` (the consumer's path from
 record bytes to the model's float32 input) on the benchmark's four photos as they are (451x300 to 640x427) and
 re-encoded at a phone camera's 4032x3024, with Pillow's draft (DCT-scaled JPEG decoding) on and off, and each
 of its steps alone: decode, crop and resize, float conversion and scaling. Where `simplejpeg` (libjpeg-turbo's
@@ -23,7 +23,14 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.pipeline_bench import bench_photos
-from inference_consumer.model.preprocessing import EFFICIENTNET_LITE0_SPEC, ImageSpec, preprocess, scale
+from inference_consumer.model.preprocessing import (
+    EFFICIENTNET_LITE0_SPEC,
+    crop_box,
+    draft_jpeg,
+    needed_side,
+    preprocess,
+    scale,
+)
 
 CAMERA_SIZE = (4032, 3024)
 SPEC = EFFICIENTNET_LITE0_SPEC
@@ -40,12 +47,6 @@ def camera_photos(photos: Sequence[bytes], size: tuple[int, int] = CAMERA_SIZE) 
     return large
 
 
-def _crop_box(width: int, height: int, spec: ImageSpec) -> tuple[float, float, float, float]:
-    side = (spec.crop_fraction or 1.0) * min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    return left, top, left + side, top + side
-
-
 def _decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
@@ -54,16 +55,13 @@ def _decode(data: bytes) -> Image.Image:
 
 def _decode_draft(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
-    side = round(max(SPEC.width, SPEC.height) / (SPEC.crop_fraction or 1.0))
-    image.draft("RGB", (side, side))
+    draft_jpeg(image, SPEC)  # as `preprocess` asks for it
     image.load()
     return image
 
 
 def _resize(image: Image.Image) -> Image.Image:
-    return image.resize(
-        (SPEC.width, SPEC.height), Image.Resampling.BILINEAR, box=_crop_box(*image.size, SPEC)
-    )
+    return image.resize((SPEC.width, SPEC.height), Image.Resampling.BILINEAR, box=crop_box(*image.size, SPEC))
 
 
 def steps(
@@ -82,7 +80,7 @@ def steps(
     }
     if simplejpeg is not None:
         work["  decode (simplejpeg, full size)"] = lambda d: simplejpeg.decode_jpeg(d, colorspace="RGB")
-        side = round(max(SPEC.width, SPEC.height) / (SPEC.crop_fraction or 1.0))
+        side = needed_side(SPEC)
         work["  decode (simplejpeg, smallest DCT scale >= the crop)"] = lambda d: simplejpeg.decode_jpeg(
             d, colorspace="RGB", min_width=side, min_height=side
         )
@@ -91,7 +89,7 @@ def steps(
 
         def cv2_resize(data: bytes, interpolation: int) -> object:
             array = arrays[data]
-            left, top, right, bottom = (round(v) for v in _crop_box(array.shape[1], array.shape[0], SPEC))
+            left, top, right, bottom = (round(v) for v in crop_box(array.shape[1], array.shape[0], SPEC))
             return cv2.resize(
                 array[top:bottom, left:right], (SPEC.width, SPEC.height), interpolation=interpolation
             )

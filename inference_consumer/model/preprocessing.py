@@ -51,7 +51,7 @@ def preprocess(data: bytes, spec: ImageSpec, *, draft: bool = True) -> np.ndarra
     """
     with _open(data) as image:
         if draft:
-            _draft(image, spec)
+            draft_jpeg(image, spec)
         try:
             orientation = image.getexif().get(_ORIENTATION_TAG, 1)
             rgb = _to_rgb(_oriented(_shrink(image, spec), orientation))
@@ -98,16 +98,16 @@ def _open(data: bytes) -> Image.Image:
     return image
 
 
-def _draft(image: Image.Image, spec: ImageSpec) -> None:
+def draft_jpeg(image: Image.Image, spec: ImageSpec) -> None:
     """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when that leaves enough pixels for the crop."""
     if image.format not in ("JPEG", "MPO"):
         return
     # Both sides of the draft stay >= this, so the crop (or plain resize) never upsamples a draft.
-    side = _needed_side(spec)
+    side = needed_side(spec)
     image.draft(None, (side, side))
 
 
-def _needed_side(spec: ImageSpec) -> int:
+def needed_side(spec: ImageSpec) -> int:
     """The short side an image needs so that the crop, resized to the model's input, is never upsampled."""
     return math.ceil(max(spec.width, spec.height) / (spec.crop_fraction or 1.0))
 
@@ -119,7 +119,7 @@ def _shrink(image: Image.Image, spec: ImageSpec) -> Image.Image:
     does not take, are sampled (their colours are few and flat anyway); 16-bit greyscale, which neither takes,
     is strided as an array.
     """
-    factor = min(image.size) // (2 * _needed_side(spec))
+    factor = min(image.size) // (2 * needed_side(spec))
     if factor < 2:
         return image
     if image.mode in ("P", "1"):
@@ -184,13 +184,17 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(grey, "L").convert("RGB")
 
 
+def crop_box(width: int, height: int, spec: ImageSpec) -> tuple[float, float, float, float]:
+    """The region of a width x height image the model sees: the centre crop, or all of it without one."""
+    if spec.crop_fraction is None:
+        return 0.0, 0.0, float(width), float(height)
+    side = spec.crop_fraction * min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return left, top, left + side, top + side
+
+
 def _crop_resize(image: Image.Image, spec: ImageSpec) -> Image.Image:
-    width, height = image.size
-    box: tuple[float, float, float, float] = (0.0, 0.0, float(width), float(height))
-    if spec.crop_fraction is not None:
-        side = spec.crop_fraction * min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        box = (left, top, left + side, top + side)
+    box = crop_box(*image.size, spec)
     return image.resize((spec.width, spec.height), Image.Resampling.BILINEAR, box=box)
 
 
