@@ -123,6 +123,15 @@ def _job_id(value: object) -> str | None:
     return str(value) if value is not None else None
 
 
+def _answers_ready(url: str) -> bool:
+    # The servers' threads were only just started: until uvicorn has bound its port, a refused connection
+    # means "not yet", as a non-200 does (CI once failed this fixture on exactly that).
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @pytest.fixture
 def in_process_pipeline(
     memory_spans: InMemorySpanExporter, pipeline_settings: PipelineSettings, tmp_path: Any
@@ -146,7 +155,7 @@ def in_process_pipeline(
         with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as client:
             deadline = time.monotonic() + 60
             for url in (f"http://127.0.0.1:{sink_port}/readyz", f"http://127.0.0.1:{api_port}/readyz"):
-                while httpx.get(url, timeout=5).status_code != 200:
+                while not _answers_ready(url):
                     assert time.monotonic() < deadline, f"{url} not ready"
                     time.sleep(0.2)
             yield client, f"http://127.0.0.1:{sink_port}"
